@@ -1,0 +1,1 @@
+"""The local Files API server (`gemfs serve`): wire protocol in `app`, state in `store`."""
