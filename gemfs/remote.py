@@ -1,0 +1,211 @@
+"""The Files API through the google-genai SDK: list, get, upload, delete, download.
+
+The only module that imports `google.genai`. Every call runs inside one bounded deadline:
+429, 5xx and connection failures are retried with jittered exponential backoff until the
+deadline, then raised as a GemfsError carrying the errno of the one table in `errors`. Each
+final failure is logged once with its HTTP status and message; the API key never is.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import threading
+import time
+from typing import Callable, TypeVar
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from gemfs.errors import ApiFailure, GemfsError, errno_for, is_retryable
+from gemfs.model import FileRecord
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LIST_PAGE_SIZE = 100  # the API's maximum (files-api-wire.md §2.5)
+
+# The order of the proto's fields (files-api-wire.md §3.1), which is the order the API writes.
+_FIELD_ORDER = [
+    "name", "displayName", "mimeType", "sizeBytes", "createTime", "updateTime", "expirationTime",
+    "sha256Hash", "uri", "downloadUri", "state", "source", "error", "videoMetadata",
+]
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module in ("httpx", "httpx2"):
+        try:
+            found.append(__import__(module).HTTPError)
+        except ImportError:
+            pass
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+
+
+def api_json(file: types.File) -> dict:
+    """An SDK File back into the API's camelCase JSON (proto3 mapping: int64 as a string)."""
+    data = file.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data.pop("sdkHttpResponse", None)
+    if "sizeBytes" in data:
+        data["sizeBytes"] = str(data["sizeBytes"])
+    ordered = {key: data.pop(key) for key in _FIELD_ORDER if key in data}
+    ordered.update(data)
+    return ordered
+
+
+def to_record(file: types.File) -> FileRecord:
+    return FileRecord.from_api(api_json(file))
+
+
+def failure_from(exc: BaseException, op: str) -> ApiFailure | None:
+    """What an exception from the SDK says about the call, or None when it is not an API failure."""
+    if isinstance(exc, genai_errors.APIError):
+        reason = ""
+        details = exc.details if isinstance(exc.details, dict) else {}
+        error = details.get("error", details) if isinstance(details, dict) else {}
+        for detail in error.get("details", []) if isinstance(error, dict) else []:
+            if isinstance(detail, dict) and detail.get("reason"):
+                reason = detail["reason"]
+                break
+        code = exc.code if isinstance(exc.code, int) else 0
+        return ApiFailure(code, exc.status or "", exc.message or "", reason, op,
+                          retryable=is_retryable(code, reason))
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return ApiFailure(0, "", f"{type(exc).__name__}: {exc}", "", op, retryable=True)
+    if isinstance(exc, ValueError):
+        # The SDK's own words for a server that broke the upload protocol or answered garbage
+        # (UnknownApiResponseError, "Upload status is not finalized", JSON decode errors).
+        return ApiFailure(0, "", f"bad response: {exc}", "", op, retryable=True)
+    return None
+
+
+class StagedReader(io.RawIOBase):
+    """A seekable read-only view of a staged file's descriptor that reports upload progress."""
+
+    def __init__(self, fd: int, size: int, progress: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._fd, self._size, self._pos, self._progress = fd, size, 0, progress
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self._size - self._pos)
+        if want <= 0:
+            return 0
+        data = os.pread(self._fd, want, self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        if self._progress:
+            self._progress(self._pos)
+        return len(data)
+
+
+class Remote:
+    """One project's Files API, with retries inside a deadline."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        *,
+        deadline: float = 60.0,
+        request_timeout: float = 120.0,
+    ) -> None:
+        options = types.HttpOptions(timeout=int(request_timeout * 1000))
+        if base_url:
+            options.base_url = base_url
+        self._client = genai.Client(api_key=api_key, http_options=options)
+        self.base_url = base_url or "https://generativelanguage.googleapis.com/"
+        self.deadline = deadline
+        self.calls = 0  # guarded by _lock: API calls made, for `gemfs status`
+        self._lock = threading.Lock()
+
+    def _call(self, op: str, fn: Callable[[], T], *, on_file: bool = False,
+              deadline: float | None = None) -> T:
+        end = time.monotonic() + (self.deadline if deadline is None else deadline)
+        delay = 0.25
+        attempt = 0
+        while True:
+            attempt += 1
+            with self._lock:
+                self.calls += 1
+            try:
+                return fn()
+            except Exception as exc:
+                failure = failure_from(exc, op)
+                if failure is None:
+                    raise
+                wait = delay * (0.5 + random.random())
+                if failure.retryable and time.monotonic() + wait < end:
+                    log.debug("%s failed (attempt %d), retrying in %.2fs: %s", op, attempt, wait, failure)
+                    time.sleep(wait)
+                    delay = min(delay * 2, 8.0)
+                    continue
+                err = errno_for(failure, on_file=on_file)
+                log.warning("%s failed after %d attempt(s): %s", op, attempt, failure)
+                raise GemfsError(err, str(failure), failure) from exc
+
+    def list_page(self, deadline: float | None = None) -> tuple[list[FileRecord], bool]:
+        """One page of `files.list` (the key check at mount); True when more pages follow."""
+        def page():
+            pager = self._client.files.list(config=types.ListFilesConfig(page_size=LIST_PAGE_SIZE))
+            return [to_record(f) for f in pager.page], bool(pager.next_page_token)
+        return self._call("list", page, deadline=deadline)
+
+    def list_all(self) -> list[FileRecord]:
+        """Every File of the project, through `files.list` pages of 100."""
+        def listing():
+            pager = self._client.files.list(config=types.ListFilesConfig(page_size=LIST_PAGE_SIZE))
+            return [to_record(f) for f in pager]
+        return self._call("list", listing)
+
+    def get(self, file_id: str) -> FileRecord:
+        return self._call("get", lambda: to_record(self._client.files.get(name=file_id)), on_file=True)
+
+    def delete(self, file_id: str) -> None:
+        """Delete a File; one that is already gone counts as deleted."""
+        try:
+            self._call("delete", lambda: self._client.files.delete(name=file_id), on_file=True)
+        except GemfsError as e:
+            if e.errno != errno_for(ApiFailure(404)):
+                raise
+
+    def upload(self, fd: int, size: int, display_name: str, mime_type: str,
+               progress: Callable[[int], None] | None = None) -> FileRecord:
+        """Upload `size` bytes of a staged descriptor; each retry starts a new upload session."""
+        config = types.UploadFileConfig(display_name=display_name, mime_type=mime_type)
+
+        def attempt() -> FileRecord:
+            stream = StagedReader(fd, size, progress)
+            return to_record(self._client.files.upload(file=stream, config=config))
+
+        return self._call("upload", attempt)
+
+    def download(self, file_id: str, destination: str) -> None:
+        """Stream a generated File's bytes into `destination`."""
+        def fetch():
+            with open(destination, "wb") as out:
+                self._client.files.download(file=f"files/{file_id}", destination=out)
+        self._call("download", fetch, on_file=True)
+
+    def close(self) -> None:
+        self._client.close()
