@@ -1,0 +1,573 @@
+"""The public Files API routes (wire doc §2): resumable upload, get, list, delete, download and
+register, served alike under /v1, /v1beta and /v1alpha, plus the Starlette application that
+puts them, the admin routes and the periodic sweep together.
+
+Handlers parse and validate the request, call the store off the event loop, and render the
+answer with `wire`; they never touch disk or SQLite themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mimetypes
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from gemfs.server import admin, errors, wire
+from gemfs.server.config import ServerConfig, project_of_key
+from gemfs.server.control import Control
+from gemfs.server.errors import ApiError
+from gemfs.server.responses import (
+    BlobResponse,
+    NoResponse,
+    WireResponse,
+    discard_body,
+    error_response,
+    json_response,
+)
+from gemfs.server.store import FileRecord, Overflow, Store, StoreError, UploadSession
+
+log = logging.getLogger(__name__)
+
+# Request bodies are written to disk in pieces of this size: large enough that thread hops are
+# rare, small enough that many concurrent uploads stay cheap in memory.
+WRITE_PIECE = 1024 * 1024
+# JSON request bodies (upload start, register, admin) are tiny; refuse to buffer big ones.
+MAX_JSON_BODY = 1024 * 1024
+
+UPLOAD_COMMANDS = frozenset({"upload", "finalize", "query", "cancel"})
+
+
+class _VersionConvertor(Convertor[str]):
+    regex = "|".join(wire.API_VERSIONS)
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _FileIdConvertor(Convertor[str]):
+    # No ':' so that `{id}:download` is its own route.
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("gemfs_version", _VersionConvertor())
+register_url_convertor("gemfs_file", _FileIdConvertor())
+
+
+# Blocking store work runs in worker threads; a cancelled request still lets it finish.
+run_sync = anyio.to_thread.run_sync
+
+
+class _KeyedLocks:
+    """One asyncio lock per key, existing only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+
+class FilesApi:
+    """The handlers, with the state they share: config, store, control plane, session locks."""
+
+    def __init__(self, config: ServerConfig, store: Store, control: Control) -> None:
+        self.config = config
+        self.store = store
+        self.control = control
+        self._session_locks = _KeyedLocks()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        v = "{version:gemfs_version}"
+        fid = "{file_id:gemfs_file}"
+        routes: list[BaseRoute] = [
+            Route(f"/upload/{v}/files", self.upload, methods=["POST"]),
+            Route(f"/{v}/files", self._public("list", self.list_files), methods=["GET"]),
+            Route(f"/{v}/files:register", self._public("other", self.register), methods=["POST"]),
+            Route(
+                f"/{v}/files/{fid}:download",
+                self._public("download", self.download),
+                methods=["GET"],
+            ),
+            Route(
+                f"/download/{v}/files/{fid}:download",
+                self._public("download", self.download),
+                methods=["GET"],
+            ),
+            Route(f"/{v}/files/{fid}", self._public("get", self.get_file), methods=["GET"]),
+            Route(
+                f"/{v}/files/{fid}", self._public("delete", self.delete_file), methods=["DELETE"]
+            ),
+        ]
+        if self.config.admin:
+            routes.append(Mount(admin.PREFIX, routes=admin.routes(self)))
+        return routes
+
+    def _public(
+        self, op: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await self.guard(request, op, handler)
+
+        return endpoint
+
+    async def guard(
+        self, request: Request, op: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Runs a public handler behind the control plane and turns every failure into a
+        Google-shaped answer."""
+        try:
+            early = await self.control.admit(request, op)
+            if early is not None:
+                return early
+            return await handler(request)
+        except ApiError as err:
+            await discard_body(request)
+            return error_response(err)
+        except StoreError as exc:
+            await discard_body(request)
+            return error_response(errors.from_store(exc))
+        except ClientDisconnect:
+            return NoResponse()
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            return error_response(errors.internal())
+
+    def authenticate(self, request: Request) -> str:
+        """The project of the request's API key (header `x-goog-api-key`, else `?key=`)."""
+        key = request.headers.get("x-goog-api-key")
+        if key is None:
+            key = request.query_params.get("key")
+        key = (key or "").strip()
+        if not key:
+            raise errors.unregistered_caller()
+        project = project_of_key(key)
+        if self.config.projects and project not in self.config.projects:
+            raise errors.invalid_api_key()
+        return project
+
+    async def read_json(self, request: Request) -> dict:
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > MAX_JSON_BODY:
+                raise errors.invalid_argument(
+                    wire.MSG_PAYLOAD_TOO_LARGE.format(limit=MAX_JSON_BODY)
+                )
+        if not body.strip():
+            return {}
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise errors.invalid_argument(wire.MSG_INVALID_JSON.format(detail=str(exc))) from None
+        if not isinstance(payload, dict):
+            raise errors.invalid_argument(
+                wire.MSG_INVALID_JSON.format(detail="Expected a JSON object.")
+            )
+        return payload
+
+    async def pump_body(self, request: Request, write: Callable[[bytearray], None]) -> None:
+        """Streams the request body into `write` (called in a worker thread) piece by piece,
+        so no more than WRITE_PIECE bytes of a request are ever held in memory."""
+        buf = bytearray()
+        async for piece in request.stream():
+            buf += piece
+            if len(buf) >= WRITE_PIECE:
+                data, buf = buf, bytearray()
+                await run_sync(write, data)
+        if buf:
+            await run_sync(write, buf)
+
+    @staticmethod
+    def parse_user_name(value: object) -> str | None:
+        """A user-chosen File id from `files/<id>` or `<id>` (§9.5); None if not given."""
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
+        file_id = value.removeprefix("files/")
+        if not wire.USER_ID_RE.fullmatch(file_id):
+            raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
+        return file_id
+
+    @staticmethod
+    def parse_display_name(value: object) -> str | None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise errors.invalid_argument(wire.MSG_INVALID_DISPLAY_NAME)
+        if len(value) > wire.DISPLAY_NAME_MAX_CHARS:
+            raise errors.invalid_argument(wire.MSG_DISPLAY_NAME_TOO_LONG)
+        return value
+
+    def render(self, rec: FileRecord) -> dict[str, object]:
+        return wire.file_resource(rec, self.store.now_us())
+
+    def _upload_base(self, request: Request) -> str:
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/")
+        host = request.headers.get("host")
+        if not host:
+            addr, port = request.scope.get("server") or ("127.0.0.1", 80)
+            host = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+        return f"{request.url.scheme}://{host}"
+
+    # --- resumable upload (§2.2, §2.3) -----------------------------------------------------
+
+    async def upload(self, request: Request) -> Response:
+        """`POST /upload/{v}/files`: a session start, or (with `upload_id`) a chunk command."""
+        if "upload_id" not in request.query_params:
+            return await self.guard(request, "upload_start", self.upload_start)
+        command = request.headers.get("x-goog-upload-command", "").lower()
+        op = "upload_finalize" if "finalize" in command else "upload_chunk"
+        return await self.guard(request, op, self.upload_chunk)
+
+    async def upload_start(self, request: Request) -> Response:
+        project = self.authenticate(request)
+        protocol = request.headers.get("x-goog-upload-protocol", "").strip().lower()
+        command = request.headers.get("x-goog-upload-command", "").strip().lower()
+        if protocol != "resumable" or command != "start":
+            raise errors.invalid_argument(wire.MSG_UNSUPPORTED_PROTOCOL)
+        meta = (await self.read_json(request)).get("file") or {}
+        if not isinstance(meta, dict):
+            raise errors.invalid_argument(
+                wire.MSG_INVALID_JSON.format(detail="'file' must be an object.")
+            )
+        name = self.parse_user_name(meta.get("name"))
+        display_name = self.parse_display_name(_either(meta, "displayName", "display_name"))
+        mime_type = request.headers.get("x-goog-upload-header-content-type") or _either(
+            meta, "mimeType", "mime_type"
+        )
+        if not isinstance(mime_type, str) or not mime_type.strip():
+            raise errors.invalid_argument(wire.MSG_MISSING_MIME)
+        size = _parse_size(
+            request.headers.get("x-goog-upload-header-content-length")
+            or _either(meta, "sizeBytes", "size_bytes")
+        )
+        token, _ = await run_sync(
+            lambda: self.store.start_upload(
+                project, name=name, display_name=display_name, mime_type=mime_type, size=size
+            )
+        )
+        version = request.path_params["version"]
+        url = (
+            f"{self._upload_base(request)}/upload/{version}/files"
+            f"?upload_id={token}&upload_protocol=resumable"
+        )
+        return WireResponse(
+            200,
+            b"",
+            [
+                (wire.H_UPLOAD_URL, url),
+                (wire.H_UPLOAD_STATUS, wire.UPLOAD_ACTIVE),
+                (wire.H_UPLOAD_CONTROL_URL, url),
+                (wire.H_UPLOAD_GRANULARITY, str(wire.CHUNK_GRANULARITY)),
+            ],
+        )
+
+    async def upload_chunk(self, request: Request) -> Response:
+        """A command on an upload URL. Authorised by the upload id alone (§0 item 8)."""
+        token = request.query_params["upload_id"]
+        raw_command = request.headers.get("x-goog-upload-command", "")
+        commands = {c.strip().lower() for c in raw_command.split(",") if c.strip()}
+        if not commands or not commands <= UPLOAD_COMMANDS:
+            raise errors.invalid_argument(
+                wire.MSG_UNKNOWN_COMMAND.format(command=raw_command)
+            ).upload_final()
+        if await run_sync(self.store.get_session, token) is None:
+            raise errors.upload_not_found()
+        async with self._session_locks.hold(token):
+            # Re-read: the session may have moved on while this request waited for the lock.
+            session = await run_sync(self.store.get_session, token)
+            if session is None:
+                raise errors.upload_not_found()
+            if "query" in commands:
+                await discard_body(request)
+                return _progress(session)
+            if "cancel" in commands:
+                await discard_body(request)
+                if session.finalized:
+                    raise errors.invalid_argument(wire.MSG_ALREADY_FINALIZED).upload_final()
+                await run_sync(self.store.end_session, session)
+                return WireResponse(200, b"", {wire.H_UPLOAD_STATUS: wire.UPLOAD_CANCELLED})
+            offset = _parse_offset(request, session, commands)
+            if session.finalized:
+                return await self._after_final(request, session, offset, commands)
+            if offset != session.received:
+                length = await discard_body(request)
+                if _is_resend(session, offset, length):
+                    return _progress(session)
+                await run_sync(self.store.end_session, session)
+                raise errors.invalid_argument(
+                    wire.MSG_OFFSET_MISMATCH.format(offset=offset, received=session.received)
+                ).upload_final()
+            if "upload" in commands:
+                session = await self._receive_chunk(request, session, offset)
+            else:
+                await discard_body(request)
+            if "finalize" not in commands:
+                return _progress(session)
+            if session.received != session.declared:
+                await run_sync(self.store.end_session, session)
+                raise errors.invalid_argument(
+                    wire.MSG_SIZE_MISMATCH.format(
+                        received=session.received, declared=session.declared
+                    )
+                ).upload_final()
+            rec = await run_sync(self.store.finalize_upload, session)
+            log.debug("upload finalized: files/%s, %d bytes", rec.id, rec.size_bytes)
+            return _final(self.render(rec), rec.size_bytes)
+
+    async def _receive_chunk(
+        self, request: Request, session: UploadSession, offset: int
+    ) -> UploadSession:
+        writer = await run_sync(self.store.begin_chunk, session)
+        try:
+            await self.pump_body(request, writer.write)
+        except Overflow:
+            writer.discard()
+            await discard_body(request)
+            await run_sync(self.store.end_session, session)
+            raise errors.invalid_argument(
+                wire.MSG_TOO_MANY_BYTES.format(declared=session.declared)
+            ).upload_final() from None
+        except BaseException:
+            # Client gone, task cancelled or disk error: the session stays as before this chunk.
+            # Inline rather than in a thread so that it also runs under cancellation; it only
+            # truncates and closes one file.
+            writer.discard()
+            raise
+        return await run_sync(writer.commit, offset)
+
+    async def _after_final(
+        self, request: Request, session: UploadSession, offset: int, commands: set[str]
+    ) -> Response:
+        """A request on a finalized session. A re-send of the finalizing chunk (the SDK does
+        that when it missed the answer) gets the same answer again; anything else is an error."""
+        length = await discard_body(request)
+        if "finalize" in commands and _is_resend(session, offset, length):
+            rec = await run_sync(self.store.get_file, session.project, session.file_id)
+            if rec is None:
+                raise errors.upload_not_found()
+            return _final(self.render(rec), rec.size_bytes)
+        raise errors.invalid_argument(wire.MSG_ALREADY_FINALIZED).upload_final()
+
+    # --- files (§2.4 - §2.8) ----------------------------------------------------------------
+
+    async def get_file(self, request: Request) -> Response:
+        project = self.authenticate(request)
+        file_id = request.path_params["file_id"]
+        rec = await run_sync(self.store.get_file, project, file_id)
+        if rec is None:
+            raise errors.file_not_found(file_id)
+        return json_response(self.render(rec))
+
+    async def list_files(self, request: Request) -> Response:
+        project = self.authenticate(request)
+        params = request.query_params
+        raw_size = params.get("pageSize", params.get("page_size"))
+        try:
+            requested = None if raw_size in (None, "") else int(raw_size)
+        except ValueError:
+            raise errors.invalid_argument(
+                wire.MSG_INVALID_PAGE_SIZE.format(value=raw_size)
+            ) from None
+        token = params.get("pageToken", params.get("page_token"))
+        after = None
+        if token:
+            try:
+                after = wire.decode_page_token(token)
+            except wire.InvalidPageToken:
+                raise errors.invalid_argument(wire.MSG_INVALID_PAGE_TOKEN) from None
+        recs, more = await run_sync(
+            self.store.list_files, project, wire.clamp_page_size(requested), after
+        )
+        out: dict[str, object] = {}
+        if recs:
+            out["files"] = [self.render(r) for r in recs]
+            if more:
+                out["nextPageToken"] = wire.encode_page_token(recs[-1].create_us, recs[-1].id)
+        return json_response(out)
+
+    async def delete_file(self, request: Request) -> Response:
+        project = self.authenticate(request)
+        file_id = request.path_params["file_id"]
+        if not await run_sync(self.store.delete_file, project, file_id):
+            raise errors.file_not_found(file_id)
+        return json_response({})
+
+    async def download(self, request: Request) -> Response:
+        project = self.authenticate(request)
+        file_id = request.path_params["file_id"]
+        rec = await run_sync(self.store.get_file, project, file_id)
+        if rec is None:
+            raise errors.file_not_found(file_id)
+        if rec.source != wire.SOURCE_GENERATED:
+            raise errors.invalid_argument(wire.MSG_DOWNLOAD_NOT_GENERATED)
+        if request.query_params.get("alt") != "media":
+            # Without alt=media a Google media method answers with its (empty) JSON message.
+            return json_response({})
+        fd = await run_sync(self.store.open_blob, rec)
+        if fd is None:  # deleted between the lookup and the open
+            raise errors.file_not_found(file_id)
+        return BlobResponse(fd, os.fstat(fd).st_size, rec.mime_type)
+
+    async def register(self, request: Request) -> Response:
+        """§2.8: REGISTERED Files for gs:// URIs (accepted with an API key alone)."""
+        project = self.authenticate(request)
+        uris = (await self.read_json(request)).get("uris")
+        if (
+            not isinstance(uris, list)
+            or not uris
+            or not all(isinstance(u, str) and u.startswith("gs://") and len(u) > 5 for u in uris)
+        ):
+            raise errors.invalid_argument(wire.MSG_REGISTER_URIS)
+        entries = [(None, mimetypes.guess_type(u)[0] or "application/octet-stream") for u in uris]
+        recs = await run_sync(self.store.register, project, entries)
+        return json_response({"files": [self.render(r) for r in recs]})
+
+    # --- errors outside the routes ----------------------------------------------------------
+
+    async def route_not_found(self, request: Request, exc: Exception) -> Response:
+        early = await self.control.admit(request, "other")
+        await discard_body(request)
+        return early or error_response(errors.not_found())
+
+    async def api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        await discard_body(request)
+        return error_response(exc)
+
+    async def unexpected_error(self, request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(errors.internal())
+
+    # --- background -------------------------------------------------------------------------
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                await run_sync(self.store.sweep)
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self.config.sweep_interval_seconds)
+
+
+def _either(meta: dict, camel: str, snake: str) -> object:
+    """§0 item 9: the SDK sends snake_case keys, other clients camelCase; accept both."""
+    value = meta.get(camel)
+    return meta.get(snake) if value is None else value
+
+
+def _parse_size(value: object) -> int:
+    if value is None or value == "":
+        raise errors.invalid_argument(wire.MSG_MISSING_SIZE)
+    if isinstance(value, bool):
+        raise errors.invalid_argument(wire.MSG_INVALID_SIZE.format(value=value))
+    try:
+        size = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise errors.invalid_argument(wire.MSG_INVALID_SIZE.format(value=value)) from None
+    if size < 0:
+        raise errors.invalid_argument(wire.MSG_INVALID_SIZE.format(value=value))
+    return size
+
+
+def _parse_offset(request: Request, session: UploadSession, commands: set[str]) -> int:
+    raw = request.headers.get("x-goog-upload-offset")
+    if raw is None and "upload" not in commands:
+        return session.received  # a bare `finalize` may omit it
+    try:
+        offset = int((raw or "").strip(), 10)
+    except ValueError:
+        offset = -1
+    if offset < 0:
+        raise errors.invalid_argument(wire.MSG_MISSING_OFFSET).upload_final()
+    return offset
+
+
+def _is_resend(session: UploadSession, offset: int, length: int) -> bool:
+    """An exact copy of the last accepted chunk: what the SDK sends when an answer lacked
+    `X-Goog-Upload-Status` (§2.3). Accepted again without storing anything."""
+    return (
+        session.last_offset == offset
+        and session.last_length == length
+        and offset + length == session.received
+    )
+
+
+def _progress(session: UploadSession) -> WireResponse:
+    status = wire.UPLOAD_FINAL if session.finalized else wire.UPLOAD_ACTIVE
+    return WireResponse(
+        200,
+        b"",
+        [
+            (wire.H_UPLOAD_STATUS, status),
+            (wire.H_UPLOAD_SIZE_RECEIVED, str(session.received)),
+        ],
+    )
+
+
+def _final(file_json: dict[str, object], size: int) -> WireResponse:
+    return json_response(
+        {"file": file_json},
+        headers={wire.H_UPLOAD_STATUS: wire.UPLOAD_FINAL, wire.H_UPLOAD_SIZE_RECEIVED: str(size)},
+    )
+
+
+def create_app(config: ServerConfig, store: Store, control: Control | None = None) -> Starlette:
+    """The ASGI application: public routes, admin routes if enabled, and the sweep task."""
+    api = FilesApi(config, store, control or Control(latency_seconds=config.latency_seconds))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(api.sweep_forever())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    app = Starlette(
+        routes=api.routes(),
+        exception_handlers={
+            HTTPException: api.route_not_found,
+            ApiError: api.api_error,
+            Exception: api.unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.api = api
+    return app

@@ -1,0 +1,47 @@
+"""Fixtures shared by every test folder: local Files API servers and SDK clients for them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DEFAULT_KEYS, ServerProcess
+
+KEY_A, KEY_B = DEFAULT_KEYS
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh `gemfs serve --admin` with keys "key-a" and "key-b", data under tmp_path."""
+    with ServerProcess(tmp_path / "server", keys=DEFAULT_KEYS) as srv:
+        yield srv
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts servers with extra options: `server_factory(args=["--file-ttl", "5"])`. Each
+    call gets its own data directory; all are stopped (and must exit 0) at teardown."""
+    started: list[ServerProcess] = []
+
+    def make(*, args: list[str] | tuple[str, ...] = (), **kwargs: object) -> ServerProcess:
+        data_dir = tmp_path / f"server{len(started)}"
+        srv = ServerProcess(data_dir, args=args, **kwargs)  # type: ignore[arg-type]
+        started.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def client_a(server: ServerProcess):
+    """A google-genai Client of project "key-a" on the `server` fixture."""
+    return server.client(KEY_A)
+
+
+@pytest.fixture
+def client_b(server: ServerProcess):
+    return server.client(KEY_B)

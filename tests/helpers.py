@@ -1,0 +1,286 @@
+"""Shared test helpers: `ServerProcess` runs `gemfs serve` as a subprocess and talks to it (the
+SDK for the public API, httpx for the admin API); `wait_for` polls a condition with a deadline.
+
+Other test folders import these (`from tests.helpers import ServerProcess`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LISTENING_RE = re.compile(r"^gemfs serve: listening on (http://\S+)$")
+DEFAULT_KEYS = ("key-a", "key-b")
+ADMIN = "/_gemfs/admin"
+
+
+def wait_for(
+    condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Polls `condition` until it returns something truthy and returns that; fails the test
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+class AdminClient:
+    """The server's /_gemfs/admin/ API (needs `--admin`)."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self._server = server
+
+    def _call(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
+        headers = kwargs.pop("headers", {})
+        if key is not None:
+            headers["x-goog-api-key"] = key
+        response = httpx.request(
+            method, self._server.url + ADMIN + path, headers=headers, timeout=60, **kwargs
+        )
+        if response.status_code != 200:
+            raise AssertionError(f"admin {method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    def stats(self) -> dict[str, int]:
+        return self._call("GET", "/stats")["requests"]
+
+    def reset_stats(self) -> None:
+        self._call("POST", "/stats/reset")
+
+    def set_faults(self, *rules: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._call("POST", "/faults", json={"rules": list(rules)})["rules"]
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/faults")["rules"]
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/faults")
+
+    def generated(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        display_name: str | None = None,
+        mime_type: str = "application/octet-stream",
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Creates a GENERATED File holding `data`; returns its JSON."""
+        params = {"mimeType": mime_type}
+        if display_name is not None:
+            params["displayName"] = display_name
+        if name is not None:
+            params["name"] = name
+        return self._call("POST", "/generated", key=key, params=params, content=data)
+
+    def seed(
+        self,
+        key: str,
+        count: int,
+        *,
+        prefix: str = "seed/",
+        size: int = 1024,
+        mime_type: str = "text/plain",
+    ) -> dict[str, Any]:
+        body = {
+            "count": count,
+            "displayNamePrefix": prefix,
+            "sizeBytes": size,
+            "mimeType": mime_type,
+        }
+        return self._call("POST", "/seed", key=key, json=body)
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Moves the server's clock forward (and runs the sweep)."""
+        return self._call("POST", "/clock", json={"advanceSeconds": seconds})
+
+
+class ServerProcess:
+    """`python -m gemfs serve --port 0 --data DATA_DIR --admin ...` for one test.
+
+    Keys go through `--api-key-file` (written next to the data directory), stderr to a log file
+    next to it. `restart()` keeps the data directory and asks for the same port again; if that
+    port was taken meanwhile the server comes back on a new one and `.url` changes.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        keys: Sequence[str] = DEFAULT_KEYS,
+        args: Iterable[str] = (),
+        admin: bool = True,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.keys = tuple(keys)
+        self.args = list(args)
+        self.admin_enabled = admin
+        self.startup_timeout = startup_timeout
+        self.key_file = self.data_dir.with_name(self.data_dir.name + ".keys")
+        self.log_file = self.data_dir.with_name(self.data_dir.name + ".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.port = 0
+        self.admin = AdminClient(self)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def command(self, port: int) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gemfs",
+            "serve",
+            "--port",
+            str(port),
+            "--data",
+            str(self.data_dir),
+        ]
+        if self.admin_enabled:
+            cmd.append("--admin")
+        if self.keys:
+            cmd += ["--api-key-file", str(self.key_file)]
+        return cmd + self.args
+
+    def start(self, port: int = 0) -> ServerProcess:
+        assert self.proc is None, "already running"
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.keys:
+            self.key_file.write_text("".join(k + "\n" for k in self.keys))
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(port),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=REPO_ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.url = self._await_listening_line()
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self
+
+    def _await_listening_line(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        lines: queue.Queue[bytes] = queue.Queue()
+        stdout = self.proc.stdout
+
+        def pump() -> None:
+            for raw in iter(stdout.readline, b""):
+                lines.put(raw)
+            lines.put(b"")
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                raw = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise AssertionError(
+                    f"server did not start in time:\n{self.stderr_text()}"
+                ) from None
+            if not raw:
+                code = self.proc.wait(5)
+                self.proc = None
+                raise AssertionError(
+                    f"server exited with {code} before listening:\n{self.stderr_text()}"
+                )
+            m = LISTENING_RE.match(raw.decode().rstrip("\n"))
+            if m:
+                return m.group(1)
+
+    def stop(self, timeout: float = 15.0, *, check: bool = True) -> int:
+        """SIGTERM and wait; with `check`, asserts the clean exit status 0."""
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"server ignored SIGTERM for {timeout}s") from None
+        if check:
+            assert code == 0, f"server exited with {code}:\n{self.stderr_text()}"
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> ServerProcess:
+        port = self.port
+        self.stop()
+        log_size = len(self.stderr_text())
+        try:
+            return self.start(port)
+        except AssertionError:
+            if "cannot listen" not in self.stderr_text()[log_size:]:
+                raise
+            return self.start(0)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.stop()
+        else:
+            self.stop(check=False)
+
+    # --- introspection ------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stderr_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM of the server process."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        kb = int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1))
+        return kb * 1024
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def client(self, key: str, **http_options: Any) -> Any:
+        """A real `google.genai.Client` pointed at this server."""
+        from google import genai
+        from google.genai import types
+
+        return genai.Client(
+            api_key=key, http_options=types.HttpOptions(base_url=self.url, **http_options)
+        )
+
+    def http(self, **kwargs: Any) -> httpx.Client:
+        """A plain httpx client with this server as base URL (for raw wire checks)."""
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)

@@ -1,0 +1,1 @@
+"""Tests of `gemfs serve`, the local Files API server."""
