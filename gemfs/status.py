@@ -1,0 +1,65 @@
+"""`gemfs status`: the mounts, their backend, uploads in flight with a progress bar each, staged
+bytes, listing age and quota used, read from the records the daemons keep in `registry`."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from gemfs import registry
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def bar(done: int, total: int, width: int = 30) -> str:
+    fraction = 1.0 if total <= 0 else min(done / total, 1.0)
+    filled = int(round(fraction * width))
+    return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
+
+
+def render(entry: dict, now: float | None = None) -> str:
+    now = now or time.time()
+    status = entry.get("status") or {}
+    alive = registry.pid_alive(int(entry.get("pid", 0)))
+    lines = [f"{entry['mountpoint']}  (pid {entry.get('pid')}{'' if alive else ', NOT RUNNING: stale'})",
+             f"  backend:   {entry.get('backend')}"]
+    if entry.get("data_dir"):
+        lines.append(f"  data:      {entry['data_dir']}")
+    quota = status.get("quota_bytes") or 0
+    used = status.get("used_bytes") or 0
+    lines.append(f"  files:     {status.get('files', '?')}, {human(used)} of {human(quota)} quota used")
+    age = status.get("listing_age")
+    lines.append("  listing:   " + ("not fetched yet" if age is None else f"{age:.1f}s old"))
+    if status.get("last_error"):
+        lines.append(f"  listing error: {status['last_error']}")
+    lines.append(f"  staged:    {human(status.get('staged_bytes', 0))} in {status.get('pending_files', 0)} file(s)")
+    uploads = status.get("uploads") or []
+    lines.append(f"  uploads:   {len(uploads)} in flight")
+    for up in uploads:
+        elapsed = max(now - up.get("started", now), 1e-6)
+        rate = up.get("sent", 0) / elapsed
+        lines.append(f"    {up['path']}  {bar(up.get('sent', 0), up.get('size', 0))}"
+                     f"  {human(up.get('sent', 0))}/{human(up.get('size', 0))}  {human(rate)}/s")
+    return "\n".join(lines)
+
+
+def run(mountpoint: str | None) -> int:
+    if mountpoint:
+        entry = registry.read(os.path.abspath(mountpoint))
+        if entry is None:
+            print(f"gemfs: {mountpoint} is not a gemfs mount")
+            return 1
+        entries = [entry]
+    else:
+        entries = registry.all_entries()
+        if not entries:
+            print("no gemfs mounts")
+            return 0
+    print("\n\n".join(render(e) for e in entries))
+    return 0
