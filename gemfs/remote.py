@@ -168,7 +168,7 @@ class Remote:
         """One page of `files.list` (the key check at mount); True when more pages follow."""
         def page():
             pager = self._client.files.list(config=types.ListFilesConfig(page_size=LIST_PAGE_SIZE))
-            return [to_record(f) for f in pager.page], bool(pager.next_page_token)
+            return [to_record(f) for f in pager.page], bool(pager.config.get("page_token"))
         return self._call("list", page, deadline=deadline)
 
     def list_all(self) -> list[FileRecord]:
