@@ -83,17 +83,29 @@ def errno_for(failure: ApiFailure, *, on_file: bool = False) -> int:
     return CODE_ERRNO.get(failure.code, errno.EIO)
 
 
+def _describe(args: tuple) -> str:
+    """An operation's arguments for the debug log: bytes as their length, never their content."""
+    return ", ".join(f"<{len(a)} bytes>" if isinstance(a, (bytes, bytearray)) else repr(a) for a in args)
+
+
 def fuse_op(func):
-    """Wrap a FUSE operation: GemfsError and OSError pass their errno, anything else is EIO."""
+    """Wrap a FUSE operation: GemfsError and OSError pass their errno, anything else is EIO.
+    With --debug, each call is logged with its arguments and outcome."""
     from mfusepy import FuseOSError
+
+    name = func.__name__
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("op %s(%s)", name, _describe(args[1:]))
         try:
             return func(*args, **kwargs)
-        except FuseOSError:
+        except FuseOSError as e:
+            log.debug("op %s -> %s", name, errno.errorcode.get(e.errno, e.errno))
             raise
         except GemfsError as e:
+            log.debug("op %s -> %s %s", name, errno.errorcode.get(e.errno, e.errno), e)
             raise FuseOSError(e.errno) from e
         except OSError as e:
             if isinstance(e.errno, int) and e.errno > 0:

@@ -93,9 +93,10 @@ def _configure_logging(opts: MountOptions, to_stderr: bool) -> None:
         handlers.append(logging.NullHandler())
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The SDK's HTTP clients log URLs at INFO; keys travel in headers, but stay quiet anyway.
+    # The HTTP clients log URLs (upload URLs carry a session token) and, at debug, connection
+    # internals; gemfs logs each API call itself, so they stay quiet even with --debug.
     for noisy in ("httpx", "httpx2", "httpcore", "google_genai", "google.genai"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run(opts: MountOptions) -> int:

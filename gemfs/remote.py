@@ -148,6 +148,7 @@ class Remote:
             attempt += 1
             with self._lock:
                 self.calls += 1
+            log.debug("api %s (attempt %d)", op, attempt)
             try:
                 return fn()
             except Exception as exc:

@@ -245,3 +245,17 @@ def test_local_mode_mounts_the_embedded_server(tmp_path):
         assert os.listdir(m2.path) == ["a.txt"]
     finally:
         m2.stop()
+
+
+def test_debug_logs_every_operation_and_api_call_but_never_the_key(tmp_path, gemfs_server):
+    m = Mount(tmp_path, gemfs_server, extra=("--debug",)).start()
+    try:
+        (tmp_path / "a.txt").write_bytes(b"debug me")
+        m.sh(f"cp {shlex(tmp_path / 'a.txt')} ./ && ls -l && rm a.txt")
+    finally:
+        m.stop()
+    log = m.read_log()
+    for needle in ("op create('/a.txt'", "op write('/a.txt', <8 bytes>", "op flush(", "op unlink('/a.txt')",
+                   "api upload", "api delete", "api list"):
+        assert needle in log, needle
+    assert KEY not in log
