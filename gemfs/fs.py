@@ -51,7 +51,7 @@ class Pending:
 
     path: Path  # guarded by GemFS._lock
     staged: StagedFile
-    replaces: FileRecord | None  # the remote File this write will replace
+    replaces: list[FileRecord]  # guarded by lock: remote Files this upload retires once it is in
     lock: threading.Lock = field(default_factory=threading.Lock)  # orders writes vs upload
     handles: int = 0  # guarded by GemFS._lock
     dirty: bool = True  # guarded by lock: bytes not uploaded yet
@@ -330,10 +330,14 @@ class GemFS(Operations):
                 staged.discard()
                 raise GemfsError(errno.ETXTBSY, "file is being written")
             if old is not None:
-                old.staged.discard()
-            p = Pending(parts, staged, replaces, handles=1)
+                del self._pending[parts]
+            p = Pending(parts, staged, [replaces] if replaces else [], handles=1)
             self._pending[parts] = p
-            return self._new_handle(p)
+            fh = self._new_handle(p)
+        if old is not None:
+            with old.lock:
+                old.staged.discard()
+        return fh
 
     @fuse_op
     def create(self, path: str, mode: int, flags: int = 0) -> int:
@@ -354,12 +358,15 @@ class GemFS(Operations):
         with self._lock:
             pending = self._pending.get(parts)
             if pending is not None:
-                if writing and (flags & os.O_TRUNC):
-                    with pending.lock:
-                        pending.staged.truncate(0)
-                        pending.dirty = True
                 pending.handles += 1
-                return self._new_handle(pending)
+                fh = self._new_handle(pending)
+        if pending is not None:
+            if writing and (flags & os.O_TRUNC):
+                # Never under self._lock: an upload holds pending.lock for its whole length.
+                with pending.lock:
+                    pending.staged.truncate(0)
+                    pending.dirty, pending.error = True, None
+            return fh
         node = self.catalog.lookup(parts)
         if isinstance(node, DirNode):
             raise GemfsError(errno.EISDIR)
@@ -380,7 +387,7 @@ class GemFS(Operations):
         raise GemfsError(errno.ENOENT)
 
     def _open_download(self, record: FileRecord) -> int:
-        staged = self.staging.new_file()
+        staged = self.staging.new_file(counted=False)  # a download is not quota
         try:
             self.remote.download(record.id, staged.path)
             staged.size = os.path.getsize(staged.path)
@@ -526,11 +533,12 @@ class GemFS(Operations):
                 with self._lock:
                     self._uploads.pop(id(p), None)
             p.dirty = False
-            old, p.replaces = p.replaces, record
+            retired, p.replaces = p.replaces, [record]
             self.catalog.add_uploaded(record)
             log.info("uploaded %s as %s (%d bytes, %s)", display, record.name, size, mime_type)
-        if old is not None and old.id != record.id:
-            self._delete_remote(old)
+        for old in retired:
+            if old.id != record.id:
+                self._delete_remote(old)
 
     def _delete_remote(self, record: FileRecord) -> None:
         self.remote.delete(record.id)
@@ -545,12 +553,14 @@ class GemFS(Operations):
             if pending is not None:
                 pending.unlinked = True
         if pending is not None:
-            uploaded = pending.replaces if not pending.dirty else None
-            if pending.handles == 0:
-                with pending.lock:
+            # `rm` removes what is at the path: this file's own upload and any File it replaces.
+            with pending.lock:
+                remote = list(pending.replaces)
+                pending.replaces = []
+                if pending.handles == 0:
                     pending.staged.discard()
-            if uploaded is not None:
-                self._delete_remote(uploaded)
+            for record in remote:
+                self._delete_remote(record)
             return 0
         node = self.catalog.lookup(parts)
         if isinstance(node, FileNode):
@@ -600,8 +610,11 @@ class GemFS(Operations):
         if other is not None and other is not pending:
             with other.lock:
                 other.staged.discard()
-        if isinstance(target, FileNode) and pending.replaces is None:
-            pending.replaces = target.record
+        with pending.lock:
+            # The bytes go up (again) under the new name, retiring whatever was at it.
+            pending.dirty = True
+            if isinstance(target, FileNode):
+                pending.replaces.append(target.record)
         if pending.handles == 0:
             # A closed temp file renamed to its final name: this is its one upload.
             try:

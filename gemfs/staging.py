@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class StagedFile:
     """One staged file: a descriptor on an unnamed-by-the-user file in the staging directory."""
 
-    def __init__(self, area: "StagingArea", path: str) -> None:
+    def __init__(self, area: "StagingArea", path: str, counted: bool = True) -> None:
         self._area = area
+        self._counted = counted  # written bytes count against the quota (downloads do not)
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.size = 0  # guarded by the owner's lock (fs.Pending.lock)
@@ -34,7 +35,7 @@ class StagedFile:
         end = offset + len(data)
         if end > self._area.max_file_size:
             raise GemfsError(errno.EFBIG, "file larger than the Files API allows")
-        growth = max(end - self.size, 0)
+        growth = max(end - self.size, 0) if self._counted else 0
         self._area.reserve(growth)
         try:
             written = os.pwrite(self.fd, data, offset)
@@ -42,16 +43,24 @@ class StagedFile:
             self._area.release(growth)  # ENOSPC and friends: the kernel hands the errno to the writer
             raise
         new_size = max(self.size, offset + written)
-        self._area.release(growth - (new_size - self.size))  # a short write reserves less
+        if self._counted:
+            self._area.release(growth - (new_size - self.size))  # a short write reserves less
         self.size = new_size
         return written
 
     def truncate(self, length: int) -> None:
         if length > self._area.max_file_size:
             raise GemfsError(errno.EFBIG, "file larger than the Files API allows")
-        self._area.reserve(max(length - self.size, 0))
-        os.ftruncate(self.fd, length)
-        self._area.release(max(self.size - length, 0))
+        if self._counted:
+            self._area.reserve(max(length - self.size, 0))
+        try:
+            os.ftruncate(self.fd, length)
+        except OSError:
+            if self._counted:
+                self._area.release(max(length - self.size, 0))
+            raise
+        if self._counted:
+            self._area.release(max(self.size - length, 0))
         self.size = length
 
     def read(self, size: int, offset: int) -> bytes:
@@ -69,7 +78,8 @@ class StagedFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        self._area.release(self.size)
+        if self._counted:
+            self._area.release(self.size)
 
 
 class StagingArea:
@@ -93,8 +103,8 @@ class StagingArea:
         with self._lock:
             return self._staged
 
-    def new_file(self) -> StagedFile:
-        return StagedFile(self, os.path.join(self.dir, secrets.token_hex(8) + ".part"))
+    def new_file(self, counted: bool = True) -> StagedFile:
+        return StagedFile(self, os.path.join(self.dir, secrets.token_hex(8) + ".part"), counted)
 
     def reserve(self, nbytes: int) -> None:
         if nbytes <= 0:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -259,3 +260,22 @@ def test_debug_logs_every_operation_and_api_call_but_never_the_key(tmp_path, gem
                    "api upload", "api delete", "api list"):
         assert needle in log, needle
     assert KEY not in log
+
+
+def test_mount_keeps_answering_while_an_upload_is_in_flight(mount, admin, tmp_path):
+    """An open of the very file being uploaded waits for it, without holding up anything else."""
+    admin.set_faults({"op": "upload_finalize", "action": "stall", "seconds": 3, "times": 1})
+    (tmp_path / "slow.bin").write_bytes(b"s" * 50_000)
+    cp = subprocess.Popen(["cp", str(tmp_path / "slow.bin"), str(mount.path / "slow.bin")])
+    try:
+        wait_for(lambda: admin.stats()["upload_start"] >= 1, what="upload to start")
+        reader = subprocess.Popen(["bash", "-c", f"exec 3<{shlex(mount.path / 'slow.bin')}"])
+        started = time.monotonic()
+        listing = mount.sh("ls -l && stat . && df .", timeout=10)
+        assert "slow.bin" in listing.stdout
+        assert time.monotonic() - started < 2.5  # answered while the upload still stalls
+        assert cp.wait(timeout=30) == 0
+        reader.wait(timeout=30)
+    finally:
+        if cp.poll() is None:
+            cp.kill()
