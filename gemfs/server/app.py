@@ -195,6 +195,14 @@ class FilesApi:
             raise errors.invalid_argument(
                 wire.MSG_INVALID_JSON.format(detail="Expected a JSON object.")
             )
+        try:
+            # JSON may spell a lone surrogate ("\ud800"), which is no Unicode text: it could
+            # not be stored (SQLite wants UTF-8) nor become a file name, so it is refused here.
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.invalid_argument(
+                wire.MSG_INVALID_JSON.format(detail="Strings must be valid Unicode.")
+            ) from None
         return payload
 
     async def pump_body(self, request: Request, write: Callable[[bytearray], None]) -> None:
@@ -297,21 +305,24 @@ class FilesApi:
         )
 
     async def upload_chunk(self, request: Request) -> Response:
-        """A command on an upload URL. Authorised by the upload id alone (§0 item 8)."""
+        """A command on an upload URL. Authorised by the upload id alone (§0 item 8); a request
+        that carries the API key of another project is answered as if the session did not
+        exist, and leaves it untouched."""
         token = request.query_params["upload_id"]
         raw_command = request.headers.get("x-goog-upload-command", "")
         commands = {c.strip().lower() for c in raw_command.split(",") if c.strip()}
-        if not commands or not commands <= UPLOAD_COMMANDS:
-            raise errors.invalid_argument(
-                wire.MSG_UNKNOWN_COMMAND.format(command=raw_command)
-            ).upload_final()
         if await run_sync(self.store.get_session, token) is None:
             raise errors.upload_not_found()
         async with self._session_locks.hold(token):
             # Re-read: the session may have moved on while this request waited for the lock.
             session = await run_sync(self.store.get_session, token)
-            if session is None:
+            if session is None or not _key_may_use(request, session):
                 raise errors.upload_not_found()
+            if not commands or not commands <= UPLOAD_COMMANDS:
+                await self._end_unless_final(session)
+                raise errors.invalid_argument(
+                    wire.MSG_UNKNOWN_COMMAND.format(command=raw_command)
+                ).upload_final()
             if "query" in commands:
                 await discard_body(request)
                 return _progress(session)
@@ -321,7 +332,11 @@ class FilesApi:
                     raise errors.invalid_argument(wire.MSG_ALREADY_FINALIZED).upload_final()
                 await run_sync(self.store.end_session, session)
                 return WireResponse(200, b"", {wire.H_UPLOAD_STATUS: wire.UPLOAD_CANCELLED})
-            offset = _parse_offset(request, session, commands)
+            try:
+                offset = _parse_offset(request, session, commands)
+            except ApiError:
+                await self._end_unless_final(session)
+                raise
             if session.finalized:
                 return await self._after_final(request, session, offset, commands)
             if offset != session.received:
@@ -348,6 +363,12 @@ class FilesApi:
             rec = await run_sync(self.store.finalize_upload, session)
             log.debug("upload finalized: files/%s, %d bytes", rec.id, rec.size_bytes)
             return _final(self.render(rec), rec.size_bytes)
+
+    async def _end_unless_final(self, session: UploadSession) -> None:
+        """A terminal error ends an open session (its bytes and quota reservation go), as its
+        `X-Goog-Upload-Status: final` tells the client; a finalized one keeps answering."""
+        if not session.finalized:
+            await run_sync(self.store.end_session, session)
 
     async def _receive_chunk(
         self, request: Request, session: UploadSession, offset: int
@@ -502,6 +523,16 @@ def _parse_size(value: object) -> int:
     if size < 0:
         raise errors.invalid_argument(wire.MSG_INVALID_SIZE.format(value=value))
     return size
+
+
+def _key_may_use(request: Request, session: UploadSession) -> bool:
+    """Chunk requests need no key (the SDK sends none); one that names a project must name the
+    session's, so another project's key cannot touch the session even holding its URL."""
+    key = request.headers.get("x-goog-api-key")
+    if key is None:
+        key = request.query_params.get("key")
+    key = (key or "").strip()
+    return not key or project_of_key(key) == session.project
 
 
 def _parse_offset(request: Request, session: UploadSession, commands: set[str]) -> int:

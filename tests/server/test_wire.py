@@ -343,8 +343,12 @@ def test_bare_finalize_and_bad_commands(http: httpx.Client) -> None:
     url = start_upload(http, KEY_A, 3)
     bad = upload_command(http, url, "explode")
     assert bad.status_code == 400 and bad.headers["x-goog-upload-status"] == "final"
+    # Terminal, as the status says: the session (and its quota reservation) is gone.
+    assert upload_command(http, url, "query").status_code == 404
+    url = start_upload(http, KEY_A, 3)
     no_offset = http.post(url, headers={"X-Goog-Upload-Command": "upload"}, content=b"abc")
     assert no_offset.status_code == 400 and no_offset.headers["x-goog-upload-status"] == "final"
+    assert upload_command(http, url, "query").status_code == 404
 
 
 def test_chunks_need_no_api_key_but_start_does(http: httpx.Client) -> None:
