@@ -7,8 +7,9 @@ without a server.
 
 Naming rules (docs/SEMANTICS.md, "Names"):
 - a display name is split on '/'; empty components are dropped; '.' and '..' become '%2E' and
-  '%2E%2E'; control characters become '%XX'; a component over 255 bytes is cut and given
-  '~' + 8 hex digits of its SHA-1, so the same name always maps to the same local name;
+  '%2E%2E'; control characters and lone surrogates become '%XX' (per UTF-8 byte); a component
+  over 255 bytes is cut and given '~' + 8 hex digits of its SHA-1, so the same name always
+  maps to the same local name;
 - a File without a display name (or with one that has no component left) is `<id><ext>`, the
   extension from its MIME type;
 - when several Files want the same path, the oldest (createTime, then id) keeps it and each
@@ -54,12 +55,21 @@ def split_path(path: str) -> Path:
     return tuple(part for part in path.split("/") if part)
 
 
+def _needs_escape(ch: str) -> bool:
+    # Control characters, and lone surrogates: JSON can spell "\ud800", which no file name
+    # can hold (encoding it fails), and one such name must not break the whole tree.
+    return ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF
+
+
 def _escape(component: str) -> str:
     if component in (".", ".."):
         return "%2E" * len(component)
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in component):
+    if any(_needs_escape(ch) for ch in component):
         component = "".join(
-            f"%{ord(ch):02X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in component
+            "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+            if _needs_escape(ch)
+            else ch
+            for ch in component
         )
     return component
 
@@ -68,7 +78,7 @@ def _fit(stem: str, tail: str, *, original: str) -> str:
     """`stem + tail` cut to NAME_MAX bytes, marked with a hash of `original` when cut."""
     if len((stem + tail).encode("utf-8", "surrogateescape")) <= NAME_MAX:
         return stem + tail
-    mark = "~" + hashlib.sha1(original.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    mark = "~" + hashlib.sha1(original.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     budget = NAME_MAX - len((mark + tail).encode("utf-8", "surrogateescape"))
     cut = stem.encode("utf-8", "surrogateescape")[: max(budget, 0)]
     return cut.decode("utf-8", "ignore") + mark + tail

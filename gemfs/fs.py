@@ -39,6 +39,25 @@ TEMP_NAME = re.compile(
 )
 
 BLOCK = 4096
+# The st_blksize of files: cp (and most tools) write in pieces of max(st_blksize, 128 KiB), and
+# each piece is one FUSE request through Python. 1 MiB, libfuse's largest write, cut staging a
+# 1 GiB cp from ~2.5 s to ~0.7 s (bench/run.py, big_upload).
+IO_BLOCK = 1 << 20
+
+
+def new_name(path: str) -> Path:
+    """The parts of a path about to be created, refused with EINVAL unless they are UTF-8.
+
+    Linux names are bytes and display names Unicode: mfusepy hands undecodable bytes over as
+    lone surrogates, which the API refuses (400). Saying so at create, before any byte is
+    staged, beats failing at close.
+    """
+    parts = split_path(path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GemfsError(errno.EINVAL, "file names must be UTF-8") from None
+    return parts
 
 
 def is_temp_name(name: str) -> bool:
@@ -283,7 +302,7 @@ class GemFS(Operations):
 
     @fuse_op
     def mkdir(self, path: str, mode: int) -> int:
-        parts = split_path(path)
+        parts = new_name(path)
         self._check_writable()
         if not self._dir_exists(parts[:-1]):
             raise GemfsError(errno.ENOENT)
@@ -341,7 +360,7 @@ class GemFS(Operations):
 
     @fuse_op
     def create(self, path: str, mode: int, flags: int = 0) -> int:
-        parts = split_path(path)
+        parts = new_name(path)
         if not self._dir_exists(parts[:-1]):
             raise GemfsError(errno.ENOENT)
         if self._sidecar_record(parts) is not None:
@@ -574,7 +593,7 @@ class GemFS(Operations):
 
     @fuse_op
     def rename(self, old: str, new: str) -> int:
-        src, dst = split_path(old), split_path(new)
+        src, dst = split_path(old), new_name(new)
         self._check_writable()
         if not self._dir_exists(dst[:-1]):
             raise GemfsError(errno.ENOENT)
