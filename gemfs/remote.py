@@ -1,9 +1,10 @@
 """The Files API through the google-genai SDK: list, get, upload, delete, download.
 
-The only module that imports `google.genai`. Every call runs inside one bounded deadline:
+The only module that imports `google.genai`. Every call retries inside one bounded deadline:
 429, 5xx and connection failures are retried with jittered exponential backoff until the
-deadline, then raised as a GemfsError carrying the errno of the one table in `errors`. Each
-final failure is logged once with its HTTP status and message; the API key never is.
+deadline (counted from the call's first failure), then raised as a GemfsError carrying the
+errno of the one table in `errors`. Each final failure is logged once with its HTTP status and
+message; the API key never is.
 """
 
 from __future__ import annotations
@@ -141,7 +142,10 @@ class Remote:
 
     def _call(self, op: str, fn: Callable[[], T], *, on_file: bool = False,
               deadline: float | None = None) -> T:
-        end = time.monotonic() + (self.deadline if deadline is None else deadline)
+        budget = self.deadline if deadline is None else deadline
+        # The deadline runs from the first failure: a long but healthy transfer (a big upload)
+        # must not use up the time its retries are owed.
+        end: float | None = None
         delay = 0.25
         attempt = 0
         while True:
@@ -156,6 +160,8 @@ class Remote:
                 if failure is None:
                     raise
                 wait = delay * (0.5 + random.random())
+                if end is None:
+                    end = time.monotonic() + budget
                 if failure.retryable and time.monotonic() + wait < end:
                     log.debug("%s failed (attempt %d), retrying in %.2fs: %s", op, attempt, wait, failure)
                     time.sleep(wait)
@@ -197,7 +203,13 @@ class Remote:
 
         def attempt() -> FileRecord:
             stream = StagedReader(fd, size, progress)
-            return to_record(self._client.files.upload(file=stream, config=config))
+            try:
+                file = self._client.files.upload(file=stream, config=config)
+            except KeyError as e:
+                # The SDK's words for a start answer without an upload URL: a garbled response,
+                # as retryable as any other (failure_from treats ValueError so).
+                raise ValueError(f"no upload URL in the answer: {e}") from e
+            return to_record(file)
 
         return self._call("upload", attempt)
 
