@@ -118,9 +118,11 @@ class Tree:
     def __init__(self, records: Iterable[FileRecord], local_dirs: Iterable[Path]) -> None:
         self.dirs: dict[Path, dict[str, Node]] = {(): {}}
         self.paths: dict[str, Path] = {}  # file id -> its local path
+        self.used = 0  # the sizes of all its Files (the quota check reads it on every write)
         wanted: dict[Path, list[FileRecord]] = {}
         for record in records:
             wanted.setdefault(wanted_path(record), []).append(record)
+            self.used += record.size
         for dpath in local_dirs:
             self._add_dir(dpath)
         for path in wanted:
@@ -163,6 +165,35 @@ class Tree:
             return DirNode(path)
         entries = self.dirs.get(path[:-1])
         return entries.get(path[-1]) if entries else None
+
+    def try_add(self, record: FileRecord) -> bool:
+        """Add one more File in place, when that gives exactly the tree a rebuild would: its
+        wanted name is free, no File stands where its directories go, and no sidecar name is
+        involved either way. Otherwise (False) the tree is unchanged and must be rebuilt.
+
+        A rebuild costs O(all Files); doing one per upload made `cp -r` of N files O(N^2)
+        and serialised parallel copies on the catalog lock (bench/run.py, small_files).
+        """
+        if record.id in self.paths:
+            return False
+        path = wanted_path(record)
+        parent, name = path[:-1], path[-1]
+        if sidecar.split(name) is not None:
+            return False
+        for depth in range(len(parent)):
+            entries = self.dirs.get(parent[:depth])
+            if entries is None:
+                break  # this directory is new, and so are the ones below it
+            if isinstance(entries.get(parent[depth]), FileNode):
+                return False  # that File would take a suffix
+        entries = self.dirs.get(parent)
+        if entries is not None and (name in entries or name + sidecar.SUFFIX in entries):
+            return False
+        self._add_dir(parent)
+        self.dirs[parent][name] = FileNode(record)
+        self.paths[record.id] = path
+        self.used += record.size
+        return True
 
 
 class Catalog:
@@ -271,9 +302,15 @@ class Catalog:
 
     def add_uploaded(self, record: FileRecord) -> None:
         with self._lock:
-            self._added[record.id] = (record, self._clock())
+            now = self._clock()
+            self._added[record.id] = (record, now)
             self._deleted.pop(record.id, None)
-            self._tree = None
+            expires = record.expiration_time or float("inf")
+            if (self._tree is not None and record.id not in self._remote and expires > now
+                    and self._tree.try_add(record)):
+                self._tree_until = min(self._tree_until, expires)
+            else:
+                self._tree = None
 
     def mark_deleted(self, file_id: str) -> None:
         with self._lock:
@@ -329,7 +366,10 @@ class Catalog:
 
     def used_bytes(self) -> int:
         with self._lock:
-            return sum(r.size for r in self._live(self._clock()))
+            now = self._clock()
+            if self._tree is not None and now < self._tree_until:
+                return self._tree.used
+            return sum(r.size for r in self._live(now))
 
     def stats(self) -> dict:
         with self._lock:

@@ -84,6 +84,15 @@ class Pending:
 
 
 @dataclass(eq=False)
+class DirHandle:
+    """An open directory: the entries its listing pages through (fuse_plus.py)."""
+
+    path: str
+    entries: list | None = None  # guarded by lock
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(eq=False)
 class ReadHandle:
     data: bytes | None = None  # a sidecar
     staged: StagedFile | None = None  # a downloaded generated File
@@ -202,7 +211,7 @@ class GemFS(Operations):
             "st_nlink": 1,
             "st_size": size,
             "st_blocks": (size + 511) // 512,
-            "st_blksize": BLOCK,
+            "st_blksize": IO_BLOCK,
             "st_uid": self.uid,
             "st_gid": self.gid,
             "st_mtime": ns,
@@ -234,13 +243,8 @@ class GemFS(Operations):
         if pending is not None:
             return self._file_attrs(0o644, pending.staged.size, pending.mtime)
         node = self.catalog.lookup(parts)
-        if isinstance(node, DirNode):
-            return self._dir_attrs()
-        if isinstance(node, FileNode):
-            r = node.record
-            # Uploaded bytes can never be read back: 0200 tells tools so before they try.
-            mode = 0o444 if r.generated else 0o200
-            return self._file_attrs(mode, r.size, r.update_time, r.update_time)
+        if node is not None:
+            return self._node_attrs(node)
         record = self._sidecar_record(parts)
         if record is not None:
             return self._file_attrs(0o444, len(sidecar.render(record)), record.update_time)
@@ -248,18 +252,68 @@ class GemFS(Operations):
 
     @fuse_op
     def readdir(self, path: str, fh=None):
+        return [name for name, _ in self._entries(path, with_attrs=False)]
+
+    @fuse_op
+    def opendir(self, path: str) -> int:
+        parts = split_path(path)
+        if parts and not self._dir_exists(parts):
+            raise GemfsError(errno.ENOTDIR if self._exists(parts) else errno.ENOENT)
+        with self._lock:
+            return self._new_handle(DirHandle(path))
+
+    @fuse_op
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._handles.pop(fh, None)
+        return 0
+
+    @fuse_op
+    def readdir_plus(self, path: str, fh: int, offset: int = 0) -> list[tuple[str, dict | None]]:
+        """The entries of an open directory with their attributes (READDIRPLUS, fuse_plus.py).
+        A listing from the start (offset 0: after opendir, or a rewinddir) takes them from the
+        catalog; the requests that continue it page through that same list."""
+        with self._lock:
+            handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            return self._entries(path, with_attrs=True)
+        with handle.lock:
+            if handle.entries is None or offset == 0:
+                handle.entries = self._entries(path, with_attrs=True)
+            return handle.entries
+
+    def _entries(self, path: str, *, with_attrs: bool) -> list[tuple[str, dict | None]]:
         parts = split_path(path)
         entries = self.catalog.listdir(parts)
         if entries is None:
             raise GemfsError(errno.ENOENT)
-        names = [".", ".."]
-        names.extend(entries)
-        if self.show_meta:
-            names.extend(n + sidecar.SUFFIX for n, node in entries.items() if isinstance(node, FileNode))
+        out: list[tuple[str, dict | None]] = [(".", None), ("..", None)]
         with self._lock:
-            local = [p.path[-1] for p in self._pending.values() if p.path[:-1] == parts]
-        names.extend(n for n in local if n not in entries)
-        return names
+            local = {p.path[-1]: p for p in self._pending.values() if p.path[:-1] == parts}
+        for name, node in entries.items():
+            attrs = None
+            if with_attrs:
+                pending = local.get(name)
+                if pending is not None:  # being written here: its local size, as getattr says
+                    attrs = self._file_attrs(0o644, pending.staged.size, pending.mtime)
+                else:
+                    attrs = self._node_attrs(node)
+            out.append((name, attrs))
+        if self.show_meta:
+            # A sidecar's size means rendering it; the kernel looks those up when asked.
+            out.extend((n + sidecar.SUFFIX, None) for n, node in entries.items()
+                       if isinstance(node, FileNode))
+        out.extend((n, self._file_attrs(0o644, p.staged.size, p.mtime) if with_attrs else None)
+                   for n, p in local.items() if n not in entries)
+        return out
+
+    def _node_attrs(self, node) -> dict:
+        if isinstance(node, DirNode):
+            return self._dir_attrs()
+        r = node.record
+        # Uploaded bytes can never be read back: 0200 tells tools so before they try.
+        mode = 0o444 if r.generated else 0o200
+        return self._file_attrs(mode, r.size, r.update_time, r.update_time)
 
     @fuse_op
     def statfs(self, path: str) -> dict:

@@ -108,16 +108,31 @@ class StagedReader(io.RawIOBase):
         self._pos = max(base + offset, 0)
         return self._pos
 
+    def read(self, size: int = -1) -> bytes:
+        # The SDK reads each 8 MiB chunk with read(); RawIOBase.read would go through readinto
+        # and copy the chunk twice more (a 1 GiB upload took ~0.5 s longer; bench/run.py).
+        # One pread is one copy, straight from the page cache.
+        left = self._size - self._pos
+        want = left if size is None or size < 0 else min(size, left)
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self._pos)
+        self._advance(len(data))
+        return data
+
     def readinto(self, buffer) -> int:
         want = min(len(buffer), self._size - self._pos)
         if want <= 0:
             return 0
-        data = os.pread(self._fd, want, self._pos)
-        buffer[: len(data)] = data
-        self._pos += len(data)
+        with memoryview(buffer) as view:
+            got = os.preadv(self._fd, [view[:want]], self._pos)
+        self._advance(got)
+        return got
+
+    def _advance(self, n: int) -> None:
+        self._pos += n
         if self._progress:
             self._progress(self._pos)
-        return len(data)
 
 
 class Remote:

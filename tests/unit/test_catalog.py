@@ -3,6 +3,8 @@
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gemfs.catalog import Catalog, DirNode, FileNode, Tree, split_path, suffixed, wanted_path
 from gemfs.model import FileRecord
@@ -216,3 +218,44 @@ def test_concurrent_readers_during_refresh():
 def test_split_path():
     assert split_path("/") == ()
     assert split_path("/a/b/") == ("a", "b")
+
+
+def _walk(cat: Catalog, path=()) -> dict:
+    """What the mount shows: every directory's entries, by name, as (kind, File id)."""
+    view = {}
+    entries = cat.listdir(path)
+    view[path] = {n: (type(node).__name__, getattr(getattr(node, "record", None), "id", None))
+                  for n, node in entries.items()}
+    for name, node in entries.items():
+        if isinstance(node, DirNode):
+            view.update(_walk(cat, path + (name,)))
+    return view
+
+
+def _rebuilt(records) -> dict:
+    tree = Tree(records, [])
+    return {d: {n: (type(node).__name__, getattr(getattr(node, "record", None), "id", None))
+                for n, node in entries.items()} for d, entries in tree.dirs.items()}
+
+
+_COMPONENTS = ["a", "b", "a.meta.json", "c.txt", "c.txt.meta.json", "c~id01.txt", "."]
+
+
+@settings(max_examples=300, deadline=None)
+@given(displays=st.lists(st.one_of(st.none(), st.lists(st.sampled_from(_COMPONENTS), min_size=1,
+                                                         max_size=3).map("/".join)),
+                         min_size=1, max_size=12),
+       listed=st.integers(min_value=0, max_value=12))
+def test_own_uploads_added_in_place_match_a_rebuild(displays, listed):
+    # Each upload is put into the tree in place when it can be (Tree.try_add): the result must
+    # be exactly the tree a rebuild from all Files gives, whatever names collide.
+    records = [rec(f"id{i:02d}", d, size=i + 1, created=100.0 + i) for i, d in enumerate(displays)]
+    clock = Clock(1000)
+    cat, _, _ = make_catalog(records[:listed], clock, ttl=10_000)
+    cat.lookup(())
+    for i, record in enumerate(records[listed:], start=listed):
+        cat.add_uploaded(record)
+        live = records[: i + 1]
+        assert _walk(cat) == _rebuilt(live)
+        assert all(cat.path_of(r.id) == Tree(live, []).paths[r.id] for r in live)
+        assert cat.used_bytes() == sum(r.size for r in live)
