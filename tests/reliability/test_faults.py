@@ -1,0 +1,440 @@
+"""Faults between the mount and the server (issue 5, part 1), injected by the server's test-only
+admin API: 503, 429, connection resets and garbage bodies on each upload step, on list and on
+delete; stalls; a server restart in the middle of an upload.
+
+The guarantee under every fault: `cp` either exits 0 and the File is listed whole (sha256
+checked through the SDK), or `cp` exits non-zero within a bounded time (one failing attempt, the
+retry deadline, one last attempt) and nothing is listed, neither during nor after. `ls` keeps
+answering from the last snapshot while listing fails. Every case records its faults and outcome
+in the suite's TALLY.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+
+import pytest
+
+from tests.reliability.conftest import (
+    CHUNK,
+    KEY,
+    MiB,
+    Mount,
+    SDK_CHUNK_RETRY_SECONDS,
+    TALLY,
+    faults_hit,
+    random_bytes,
+    sha_field,
+    shq,
+    verify_written,
+    wait_for,
+)
+from tests.reliability.support import PartialWatcher, sdk_names, staged_parts
+
+DEADLINE = 5.0  # --retry-deadline of the module's mount
+SLACK = 6.0  # process start, transfers and scheduling on a busy 2-core machine
+
+
+def time_bound(attempt_seconds: float, deadline: float = DEADLINE) -> float:
+    """How long a persistently failing operation may take: gemfs retries until `deadline` after
+    the first failure and starts no attempt after it, so the bound is one failing attempt, the
+    deadline, and the last attempt."""
+    return attempt_seconds + deadline + attempt_seconds + SLACK
+
+
+# Each upload step with a file that reaches it: `skip` lets the first chunk through so that the
+# upload_chunk fault lands on a middle chunk (chunk 2 of 3).
+UPLOAD_STEPS = {
+    "upload_start": (MiB + 123, 0),
+    "upload_chunk": (2 * CHUNK + MiB + 7, 1),
+    "upload_finalize": (CHUNK + MiB + 7, 0),
+}
+ACTIONS = {  # action name -> rule fields
+    "503": {"action": "error", "status": 503},
+    "429": {"action": "error", "status": 429},
+    "reset": {"action": "reset"},
+    "garbage": {"action": "garbage"},
+}
+SDK_ABSORBED = ("503", "429", "garbage")  # on a chunk, the SDK itself re-sends after these
+
+
+def transient_times(op: str, action: str) -> int:
+    """Faults a transient case injects. After a 503/429/garbage chunk the SDK re-sends it itself
+    (sleeping 1 s, then 2 s): one fault takes that path in 1 s. Elsewhere two faults in a row
+    make gemfs retry twice."""
+    return 1 if op in ("upload_chunk", "upload_finalize") and action in SDK_ABSORBED else 2
+
+
+# The persistent cases kept in `make test`: every step and every action at least once. The rest
+# of the matrix costs 5-10 s a case and runs in `make test-long`.
+FAST_PERSISTENT = {
+    ("upload_start", "garbage"), ("upload_chunk", "503"), ("upload_chunk", "reset"),
+    ("upload_finalize", "reset"), ("list", "429"), ("list", "reset"),
+    ("delete", "503"), ("delete", "garbage"),
+}
+FAST_TRANSIENT_LIST = {"429", "garbage"}
+
+
+def matrix(ops):
+    cases = []
+    for op in ops:
+        for action in ACTIONS:
+            for mode in ("transient", "persistent"):
+                fast = (
+                    (op, action) in FAST_PERSISTENT if mode == "persistent"
+                    else op != "list" or action in FAST_TRANSIENT_LIST
+                )
+                marks = () if fast else (pytest.mark.long,)
+                case_id = f"{op}-{action}-{mode}"
+                cases.append(pytest.param(op, action, mode, id=case_id, marks=marks))
+    return cases
+
+
+def rule(op: str, action: str, mode: str, skip: int = 0) -> dict:
+    times = transient_times(op, action) if mode == "transient" else -1
+    return {"op": op, **ACTIONS[action], "times": times, "skip": skip}
+
+
+@pytest.fixture(scope="module")
+def fmount(rel_root, shared_server):
+    m = Mount(rel_root, shared_server, name="faults",
+              extra=("--retry-deadline", str(DEADLINE))).start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def cp_into(mount: Mount, src, name: str, timeout: float = 120):
+    """`cp SRC MNT/NAME`; returns the process and its wall time."""
+    start = time.monotonic()
+    proc = subprocess.run(["cp", str(src), str(mount.path / name)], capture_output=True,
+                          text=True, timeout=timeout)
+    return proc, time.monotonic() - start
+
+
+def assert_nothing_left(mount: Mount, sdk, name: str) -> None:
+    """A failed cp leaves no File, no entry in the mount, and no staged copy."""
+    assert name not in sdk_names(sdk)
+    wait_for(lambda: name not in mount.sh("ls -a", timeout=30).stdout.split(), timeout=10,
+             what=f"{name} gone from the mount")
+    wait_for(lambda: not staged_parts(mount.staging), timeout=10, what="staged copy removed")
+
+
+# --- uploads ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op,action,mode", matrix(UPLOAD_STEPS))
+def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
+    size, skip = UPLOAD_STEPS[op]
+    data = random_bytes(size)
+    name = f"{op}-{action}-{mode}.bin"
+    (tmp_path / "src").write_bytes(data)
+    shared_server.admin.set_faults(rule(op, action, mode, skip))
+    with PartialWatcher(shared_server, {name: data}) as watcher:
+        proc, elapsed = cp_into(fmount, tmp_path / "src", name)
+    attempts = shared_server.admin.stats()["upload_start"]
+    hits = faults_hit(shared_server.admin)
+    assert hits >= 1, "the fault never fired: the case proves nothing"
+    assert watcher.partial == [], f"a partial File was listed: {watcher.partial}"
+    if mode == "transient":
+        assert proc.returncode == 0, f"cp failed under a transient fault: {proc.stderr}\n" \
+                                     f"{fmount.read_log()[-2000:]}"
+        assert hits == transient_times(op, action)
+        verify_written(sdk, {name: data})
+        TALLY.add(survived=1)
+    else:
+        assert proc.returncode != 0, "cp succeeded although every attempt failed"
+        assert "Input/output error" in proc.stderr, proc.stderr
+        # A failing chunk costs an attempt the SDK's own re-sends; any other fault fails it at once.
+        sdk_resends = op != "upload_start" and action in SDK_ABSORBED
+        bound = time_bound(SDK_CHUNK_RETRY_SECONDS if sdk_resends else 0.0)
+        assert elapsed <= bound, f"cp took {elapsed:.1f}s, bound {bound:.0f}s"
+        assert attempts >= 2, "gave up without retrying a retryable failure"
+        assert_nothing_left(fmount, sdk, name)
+        TALLY.add(failed_cleanly=1)
+
+
+@pytest.mark.parametrize("mode", ["transient", "persistent"])
+def test_overwrite_under_upload_faults(fmount, shared_server, sdk, tmp_path, mode):
+    """`cp` over an existing File: the old File is deleted only once the new one is in. If the
+    new upload fails, cp exits non-zero and the old File stays, whole, in the mount too."""
+    name = f"overwrite-{mode}.bin"
+    old, new = random_bytes(40_000), random_bytes(60_000)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    fmount.sh(f"cp {shq(tmp_path / 'old')} {name}")
+    # Transient: two resets, retried. Persistent: a refusal that no retry can change.
+    fault = ({"op": "upload_start", "action": "reset", "times": 2} if mode == "transient" else
+             {"op": "upload_start", "action": "error", "status": 400, "times": -1})
+    shared_server.admin.set_faults(fault)
+    proc, _ = cp_into(fmount, tmp_path / "new", name)
+    assert faults_hit(shared_server.admin) >= 1
+    if mode == "transient":
+        assert proc.returncode == 0, proc.stderr
+        verify_written(sdk, {name: new})
+        TALLY.add(survived=1)
+    else:
+        assert proc.returncode != 0 and "Invalid argument" in proc.stderr, proc.stderr
+        verify_written(sdk, {name: old})
+        wait_for(lambda: fmount.sh("ls -l", timeout=30).stdout.count(name) == 1, timeout=10,
+                 what="the old File shown again")
+        assert f" {len(old)} " in fmount.sh(f"ls -l {name}").stdout
+        TALLY.add(failed_cleanly=1)
+
+
+def test_overwrite_when_the_old_file_cannot_be_deleted(fmount, shared_server, sdk, tmp_path):
+    """The new File is in but deleting the old one fails for good: cp reports the failure, and
+    both Files are whole; nothing is lost, nothing partial. (The mount shows the old one at the
+    name, the new one as `name~id`, by the collision rule.)"""
+    name = "overwrite-undeletable.bin"
+    old, new = random_bytes(40_000), random_bytes(60_000)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    fmount.sh(f"cp {shq(tmp_path / 'old')} {name}")
+    shared_server.admin.set_faults({"op": "delete", "action": "error", "status": 400,
+                                    "times": -1})
+    proc, _ = cp_into(fmount, tmp_path / "new", name)
+    assert faults_hit(shared_server.admin) >= 1
+    assert proc.returncode != 0, "cp succeeded although the old File is still there"
+    files = [f for f in sdk.files.list() if f.display_name == name]
+    assert sorted(f.sha256_hash for f in files) == sorted([sha_field(old), sha_field(new)])
+    TALLY.add(failed_cleanly=1, bytes_written=len(new), bytes_verified=len(new))
+    wait_for(lambda: len([n for n in fmount.sh("ls", timeout=30).stdout.split()
+                          if n.startswith("overwrite-undeletable")]) == 2, timeout=10,
+             what="both Files in the mount")
+
+
+@pytest.mark.parametrize("mode", ["transient", "persistent"])
+def test_rsync_under_upload_faults(fmount, shared_server, sdk, tmp_path, mode):
+    """rsync writes a temp file and renames it; the rename uploads it, and reports the upload's
+    failure, so rsync exits non-zero and neither name is left behind."""
+    data = random_bytes(3 * MiB + 5)
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "synced.bin").write_bytes(data)
+    fault = ({"op": "upload_finalize", "action": "reset", "times": 2} if mode == "transient" else
+             {"op": "upload_start", "action": "error", "status": 400, "times": -1})
+    shared_server.admin.set_faults(fault)
+    dest = f"rsynced-{mode}"
+    proc = subprocess.run(["rsync", "-a", f"{src}/", f"{fmount.path}/{dest}/"],
+                          capture_output=True, text=True, timeout=120)
+    assert faults_hit(shared_server.admin) >= 1
+    if mode == "transient":
+        assert proc.returncode == 0, proc.stderr
+        verify_written(sdk, {f"{dest}/synced.bin": data})
+        TALLY.add(survived=1)
+    else:
+        assert proc.returncode != 0, "rsync succeeded although the upload was refused"
+        assert sdk_names(sdk) == set()
+        leftovers = fmount.sh(f"ls -aR {dest}", check=False, timeout=30).stdout
+        assert "synced.bin" not in leftovers, leftovers
+        wait_for(lambda: not staged_parts(fmount.staging), timeout=10, what="staged copy removed")
+        TALLY.add(failed_cleanly=1)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("op", ["upload_chunk", "upload_finalize"])
+def test_upload_fault_beyond_the_sdk_resends(fmount, shared_server, sdk, tmp_path, op):
+    """Three 503s in a row exhaust the SDK's own re-sends of a chunk; gemfs then starts the
+    upload again in a new session, and the File still arrives whole, once."""
+    size, skip = UPLOAD_STEPS[op]
+    data = random_bytes(size)
+    name = f"{op}-beyond-sdk.bin"
+    (tmp_path / "src").write_bytes(data)
+    shared_server.admin.set_faults({"op": op, "action": "error", "status": 503, "times": 3,
+                                    "skip": skip})
+    with PartialWatcher(shared_server, {name: data}) as watcher:
+        proc, _ = cp_into(fmount, tmp_path / "src", name)
+    attempts = shared_server.admin.stats()["upload_start"]
+    assert faults_hit(shared_server.admin) == 3
+    assert proc.returncode == 0, proc.stderr
+    assert attempts == 2, "gemfs did not start the upload again"
+    assert watcher.partial == []
+    verify_written(sdk, {name: data})
+    TALLY.add(survived=1)
+
+
+# --- list --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op,action,mode", matrix(["list"]))
+def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
+    """`ls` answers from the last snapshot while files.list fails, and catches up after."""
+    mine, theirs = f"before-{action}-{mode}.txt", f"theirs-{action}-{mode}.txt"
+    # Known to the mount only through a listing (not through its own upload), so that only the
+    # snapshot can keep showing it.
+    sdk.files.upload(file=io.BytesIO(b"listed before the fault\n"),
+                     config={"display_name": mine, "mime_type": "text/plain"})
+    wait_for(lambda: mine in fmount.sh("ls", timeout=30).stdout, timeout=15, what="first listing")
+    shared_server.admin.set_faults(rule(op, action, mode))
+    # Another client adds a File: the mount can only learn of it through a listing.
+    sdk.files.upload(file=io.BytesIO(b"uploaded elsewhere\n"),
+                     config={"display_name": theirs, "mime_type": "text/plain"})
+    window_end = time.monotonic() + 2.5  # past the list TTL (1 s): refreshes are attempted
+    rounds = 0
+    while time.monotonic() < window_end or not shared_server.admin.faults()[0]["hits"]:
+        assert time.monotonic() < window_end + 20, "no listing was attempted"
+        start = time.monotonic()
+        proc = fmount.sh("ls -l", check=False, timeout=30)
+        assert proc.returncode == 0, f"ls failed while listing fails: {proc.stderr}"
+        assert time.monotonic() - start < 3.0, "ls waited for the failing listing"
+        names = proc.stdout
+        assert mine in names, "the last snapshot was lost"
+        if mode == "persistent":
+            assert theirs not in names  # only a listing could show it, and every listing fails
+        rounds += 1
+        time.sleep(0.1)
+    hits = faults_hit(shared_server.admin)
+    assert hits >= 1
+    # Recovery: the next listing shows the other client's File.
+    wait_for(lambda: theirs in fmount.sh("ls", timeout=30).stdout, timeout=DEADLINE + 15,
+             what="the listing to recover")
+    TALLY.add(survived=rounds)
+
+
+# --- delete ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op,action,mode", matrix(["delete"]))
+def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
+    """`rm` either deletes the File or fails non-zero and the File is still there, whole."""
+    name = f"rm-{action}-{mode}.bin"
+    data = random_bytes(50_000)
+    (tmp_path / name).write_bytes(data)
+    fmount.sh(f"cp {shq(tmp_path / name)} ./")
+    shared_server.admin.set_faults(rule(op, action, mode))
+    start = time.monotonic()
+    proc = fmount.sh(f"rm {name}", check=False, timeout=60)
+    elapsed = time.monotonic() - start
+    hits = faults_hit(shared_server.admin)
+    assert hits >= 1
+    if mode == "transient":
+        assert proc.returncode == 0, proc.stderr
+        assert name not in sdk_names(sdk), "rm succeeded but the File still exists"
+        assert name not in fmount.sh("ls").stdout
+        TALLY.add(survived=1)
+    else:
+        assert proc.returncode != 0, "rm succeeded although every delete failed"
+        assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
+        assert shared_server.admin.stats()["delete"] >= 2, "gave up without retrying"
+        verify_written(sdk, {name: data})
+        assert name in fmount.sh("ls").stdout, "the mount hid a File that still exists"
+        fmount.sh(f"rm {name}")  # and once the server recovers, rm works
+        assert name not in sdk_names(sdk)
+        TALLY.add(failed_cleanly=1)
+
+
+# --- stalls and restarts -----------------------------------------------------------------------
+
+
+def test_stall_shorter_than_the_request_timeout_succeeds(rel_root, shared_server, sdk, tmp_path):
+    """A chunk held 3 s (longer than the 2 s retry deadline, shorter than the 10 s request
+    timeout) is only slow; and a reset after it is still retried: the retry deadline counts from
+    the first failure, not from the start of a long but healthy transfer."""
+    m = Mount(rel_root, shared_server, name="stall-short",
+              extra=("--retry-deadline", "2", "--request-timeout", "10")).start()
+    try:
+        data = random_bytes(2 * CHUNK + MiB)
+        (tmp_path / "src").write_bytes(data)
+        shared_server.admin.set_faults(
+            {"op": "upload_chunk", "action": "stall", "seconds": 3, "skip": 1, "times": 1},
+            {"op": "upload_finalize", "action": "reset", "times": 1},
+        )
+        with PartialWatcher(shared_server, {"slow.bin": data}) as watcher:
+            proc, elapsed = cp_into(m, tmp_path / "src", "slow.bin")
+        assert faults_hit(shared_server.admin) == 2
+        assert proc.returncode == 0, f"{proc.stderr}\n{m.read_log()[-2000:]}"
+        assert watcher.partial == []
+        verify_written(sdk, {"slow.bin": data})
+        TALLY.add(survived=1)
+    finally:
+        m.stop()
+
+
+def test_stall_longer_than_the_deadline_fails_cleanly(rel_root, shared_server, sdk, tmp_path):
+    """A server that holds every chunk past the request timeout: cp fails within the bound,
+    nothing is listed, and the mount answers ls and stat the whole time."""
+    deadline, timeout = 4.0, 2.0
+    m = Mount(rel_root, shared_server, name="stall-long",
+              extra=("--retry-deadline", str(deadline), "--request-timeout", str(timeout))).start()
+    try:
+        (tmp_path / "old.txt").write_bytes(b"already there\n")
+        m.sh(f"cp {shq(tmp_path / 'old.txt')} ./")
+        data = random_bytes(CHUNK + MiB)
+        (tmp_path / "src").write_bytes(data)
+        shared_server.admin.set_faults(
+            {"op": "upload_chunk", "action": "stall", "seconds": 8, "times": -1})
+        start = time.monotonic()
+        cp = subprocess.Popen(["cp", str(tmp_path / "src"), str(m.path / "stuck.bin")],
+                              stderr=subprocess.PIPE, text=True)
+        answered = 0
+        try:
+            while cp.poll() is None:
+                t0 = time.monotonic()
+                out = m.sh("ls -l && stat old.txt", timeout=30).stdout
+                assert time.monotonic() - t0 < 3.0, "ls/stat waited for the stalled upload"
+                assert "old.txt" in out
+                answered += 1
+                assert time.monotonic() - start < time_bound(timeout, deadline), "cp hangs"
+                time.sleep(0.2)
+            elapsed = time.monotonic() - start
+            stderr = cp.stderr.read()
+        finally:
+            if cp.poll() is None:
+                cp.kill()
+        assert cp.returncode != 0 and "Input/output error" in stderr, stderr
+        assert elapsed <= time_bound(timeout, deadline), f"cp took {elapsed:.1f}s"
+        assert answered >= 3
+        assert faults_hit(shared_server.admin) >= 1
+        assert_nothing_left(m, sdk, "stuck.bin")
+        TALLY.add(failed_cleanly=1, survived=answered)
+    finally:
+        m.stop()
+
+
+def test_server_restart_mid_upload(rel_root, shared_server, sdk, tmp_path):
+    """The server restarts (SIGTERM, same data and port) while a chunk is in flight: cp either
+    succeeds with the whole File or fails cleanly; nothing partial is listed in between."""
+    m = Mount(rel_root, shared_server, name="restart", extra=("--retry-deadline", "30")).start()
+    try:
+        data = random_bytes(3 * CHUNK + MiB)
+        (tmp_path / "src").write_bytes(data)
+        # Hold the second chunk a moment so the restart surely lands inside the upload.
+        shared_server.admin.set_faults(
+            {"op": "upload_chunk", "action": "stall", "seconds": 1.5, "skip": 1, "times": 1})
+        watcher = PartialWatcher(shared_server, {"restart.bin": data})
+        cp = subprocess.Popen(["cp", str(tmp_path / "src"), str(m.path / "restart.bin")],
+                              stderr=subprocess.PIPE, text=True)
+        try:
+            with watcher:
+                wait_for(lambda: shared_server.admin.stats()["upload_chunk"] >= 2, timeout=60,
+                         what="the second chunk to arrive")
+                hits = faults_hit(shared_server.admin)
+                old_url = shared_server.url
+                shared_server.restart()
+                assert shared_server.url == old_url, "the port was taken; the mount cannot follow"
+                code = cp.wait(timeout=120)
+        finally:
+            if cp.poll() is None:
+                cp.kill()
+        assert watcher.partial == [], watcher.partial
+        TALLY.add(faults_injected=1)  # the restart itself
+        assert hits == 1
+        if code == 0:
+            # The old server died mid-session: the File came from a new one on the new server.
+            assert shared_server.admin.stats()["upload_start"] >= 1
+            verify_written(sdk, {"restart.bin": data})
+            TALLY.add(survived=1)
+        else:
+            assert_nothing_left(m, sdk, "restart.bin")
+            TALLY.add(failed_cleanly=1)
+        # Either way the mount works against the restarted server.
+        (tmp_path / "after.txt").write_bytes(b"after the restart\n")
+        m.sh(f"cp {shq(tmp_path / 'after.txt')} ./")
+        assert sha_field(b"after the restart\n") in {
+            f.sha256_hash for f in sdk.files.list() if f.display_name == "after.txt"}
+    finally:
+        m.stop()
