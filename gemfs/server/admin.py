@@ -19,7 +19,7 @@ from starlette.routing import Route
 from gemfs.server import errors, wire
 from gemfs.server.control import FaultRule, RuleError
 from gemfs.server.errors import ApiError
-from gemfs.server.responses import discard_body, error_response, json_response
+from gemfs.server.responses import failure_response, json_response
 from gemfs.server.store import StoreError
 
 if TYPE_CHECKING:
@@ -58,12 +58,8 @@ class _Admin:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ApiError as err:
-                await discard_body(request)
-                return error_response(err)
-            except StoreError as exc:
-                await discard_body(request)
-                return error_response(errors.from_store(exc))
+            except (ApiError, StoreError) as exc:
+                return await failure_response(request, exc)
 
         return endpoint
 

@@ -34,6 +34,7 @@ from gemfs.server.responses import (
     WireResponse,
     discard_body,
     error_response,
+    failure_response,
     json_response,
 )
 from gemfs.server.store import FileRecord, Overflow, Store, StoreError, UploadSession
@@ -152,12 +153,8 @@ class FilesApi:
             if early is not None:
                 return early
             return await handler(request)
-        except ApiError as err:
-            await discard_body(request)
-            return error_response(err)
-        except StoreError as exc:
-            await discard_body(request)
-            return error_response(errors.from_store(exc))
+        except (ApiError, StoreError) as exc:
+            return await failure_response(request, exc)
         except ClientDisconnect:
             return NoResponse()
         except Exception:

@@ -18,8 +18,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gemfs.server import wire
+from gemfs.server import errors, wire
 from gemfs.server.errors import ApiError
+from gemfs.server.store import StoreError
 
 _DOWNLOAD_PIECE = 1024 * 1024
 
@@ -67,6 +68,12 @@ def json_response(
 
 def error_response(err: ApiError) -> WireResponse:
     return json_response(err.body(), err.code, err.headers)
+
+
+async def failure_response(request: Request, exc: ApiError | StoreError) -> WireResponse:
+    """The answer to a request that failed with `exc`, once the rest of its body is drained."""
+    await discard_body(request)
+    return error_response(exc if isinstance(exc, ApiError) else errors.from_store(exc))
 
 
 class NoResponse(Response):
