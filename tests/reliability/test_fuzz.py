@@ -295,6 +295,9 @@ def upload_machine(url: str):
                 return
             if s.file_id is not None:
                 if "finalize" in cmds and s.is_resend(offset, len(data)):
+                    if s.file_id not in self.files_of[s.key]:  # deleted since: nothing to repeat
+                        assert r.status_code == 404 and r.headers["x-goog-upload-status"] == "final"
+                        return
                     assert r.status_code == 200 and r.json()["file"]["name"] == f"files/{s.file_id}"
                 else:
                     assert r.status_code == 400 and r.headers["x-goog-upload-status"] == "final"
