@@ -119,11 +119,12 @@ class Tree:
         self.dirs: dict[Path, dict[str, Node]] = {(): {}}
         self.paths: dict[str, Path] = {}  # file id -> its local path
         self.used = 0  # the sizes of all its Files (the quota check reads it on every write)
+        self.local_dirs = set(local_dirs)
         wanted: dict[Path, list[FileRecord]] = {}
         for record in records:
             wanted.setdefault(wanted_path(record), []).append(record)
             self.used += record.size
-        for dpath in local_dirs:
+        for dpath in self.local_dirs:
             self._add_dir(dpath)
         for path in wanted:
             self._add_dir(path[:-1])
@@ -194,6 +195,45 @@ class Tree:
         self.paths[record.id] = path
         self.used += record.size
         return True
+
+    def try_remove(self, file_id: str) -> bool:
+        """Take one File out in place, when that gives exactly the tree a rebuild would: no
+        other name was suffixed because of it (a duplicate, a sidecar-like neighbour, or a File
+        that wanted a directory this removal empties). The check is by name prefix, so it may
+        say False (rebuild) when a rebuild was not needed, never the other way round.
+
+        Like try_add: a rebuild per delete made `rm -r` of N Files O(N^2).
+        """
+        path = self.paths.get(file_id)
+        if path is None or not _no_suffix_owed(self.dirs[path[:-1]], path[-1]):
+            return False
+        empties = []  # the directories this removal leaves empty, deepest first
+        parent = path[:-1]
+        while parent and parent not in self.local_dirs and self.dirs[parent].keys() == {path[len(parent)]}:
+            empties.append(parent)
+            parent = parent[:-1]
+        for gone in empties:
+            if not _no_suffix_owed(self.dirs[gone[:-1]], gone[-1]):
+                return False
+        node = self.dirs[path[:-1]].pop(path[-1])
+        for gone in empties:
+            del self.dirs[gone]
+            del self.dirs[gone[:-1]][gone[-1]]
+        del self.paths[file_id]
+        self.used -= node.record.size
+        return True
+
+
+def _no_suffix_owed(entries: dict[str, Node], name: str) -> bool:
+    """Whether no neighbour in `entries` can carry a suffix because `name` holds its place:
+    suffixed names start with the stem and '~', and a sidecar-like neighbour with `name.meta`.
+    Names near NAME_MAX are cut when suffixed, so for those the answer is always no."""
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX // 2:
+        return False
+    stem = _split_ext(name)[0] + "~"
+    side = name + ".meta"
+    return not any(other != name and (other.startswith(stem) or other.startswith(side))
+                   for other in entries)
 
 
 class Catalog:
@@ -316,7 +356,8 @@ class Catalog:
         with self._lock:
             self._deleted[file_id] = self._clock()
             self._added.pop(file_id, None)
-            self._tree = None
+            if self._tree is not None and not self._tree.try_remove(file_id):
+                self._tree = None
 
     def add_dir(self, path: Path) -> None:
         with self._lock:

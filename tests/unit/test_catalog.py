@@ -259,3 +259,29 @@ def test_own_uploads_added_in_place_match_a_rebuild(displays, listed):
         assert _walk(cat) == _rebuilt(live)
         assert all(cat.path_of(r.id) == Tree(live, []).paths[r.id] for r in live)
         assert cat.used_bytes() == sum(r.size for r in live)
+
+
+@settings(max_examples=300, deadline=None)
+@given(displays=st.lists(st.one_of(st.none(), st.lists(st.sampled_from(_COMPONENTS), min_size=1,
+                                                         max_size=3).map("/".join)),
+                         min_size=1, max_size=12),
+       order=st.randoms(use_true_random=False),
+       local=st.sampled_from([[], [("a",)], [("b", "a")]]))
+def test_deletes_taken_out_in_place_match_a_rebuild(displays, order, local):
+    # Each delete is taken out of the tree in place when it can be (Tree.try_remove): the
+    # result must be exactly the tree a rebuild from the Files left gives, whatever collided.
+    records = [rec(f"id{i:02d}", d, size=i + 1, created=100.0 + i) for i, d in enumerate(displays)]
+    cat, _, _ = make_catalog(records, Clock(1000), ttl=10_000)
+    for path in local:
+        cat.add_dir(path)
+    cat.lookup(())
+    live = list(records)
+    order.shuffle(live)
+    while live:
+        gone = live.pop()
+        cat.mark_deleted(gone.id)
+        want = Tree(live, local)
+        assert _walk(cat) == {d: {n: (type(node).__name__, getattr(getattr(node, "record", None), "id", None))
+                                  for n, node in entries.items()} for d, entries in want.dirs.items()}
+        assert all(cat.path_of(r.id) == want.paths[r.id] for r in live)
+        assert cat.used_bytes() == sum(r.size for r in live)
