@@ -241,7 +241,7 @@ class GemFS(Operations):
         with self._lock:
             pending = self._pending.get(parts)
         if pending is not None:
-            return self._file_attrs(0o644, pending.staged.size, pending.mtime)
+            return self._pending_attrs(pending)
         node = self.catalog.lookup(parts)
         if node is not None:
             return self._node_attrs(node)
@@ -295,7 +295,7 @@ class GemFS(Operations):
             if with_attrs:
                 pending = local.get(name)
                 if pending is not None:  # being written here: its local size, as getattr says
-                    attrs = self._file_attrs(0o644, pending.staged.size, pending.mtime)
+                    attrs = self._pending_attrs(pending)
                 else:
                     attrs = self._node_attrs(node)
             out.append((name, attrs))
@@ -303,9 +303,13 @@ class GemFS(Operations):
             # A sidecar's size means rendering it; the kernel looks those up when asked.
             out.extend((n + sidecar.SUFFIX, None) for n, node in entries.items()
                        if isinstance(node, FileNode))
-        out.extend((n, self._file_attrs(0o644, p.staged.size, p.mtime) if with_attrs else None)
+        out.extend((n, self._pending_attrs(p) if with_attrs else None)
                    for n, p in local.items() if n not in entries)
         return out
+
+    def _pending_attrs(self, pending: Pending) -> dict:
+        # A file being written: its local size, writable until its upload.
+        return self._file_attrs(0o644, pending.staged.size, pending.mtime)
 
     def _node_attrs(self, node) -> dict:
         if isinstance(node, DirNode):

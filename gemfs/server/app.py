@@ -403,13 +403,17 @@ class FilesApi:
 
     # --- files (§2.4 - §2.8) ----------------------------------------------------------------
 
-    async def get_file(self, request: Request) -> Response:
+    async def _requested_file(self, request: Request) -> FileRecord:
+        """The File the path names, of the key's project; 403 as for a missing one otherwise."""
         project = self.authenticate(request)
         file_id = request.path_params["file_id"]
         rec = await run_sync(self.store.get_file, project, file_id)
         if rec is None:
             raise errors.file_not_found(file_id)
-        return json_response(self.render(rec))
+        return rec
+
+    async def get_file(self, request: Request) -> Response:
+        return json_response(self.render(await self._requested_file(request)))
 
     async def list_files(self, request: Request) -> Response:
         project = self.authenticate(request)
@@ -446,11 +450,7 @@ class FilesApi:
         return json_response({})
 
     async def download(self, request: Request) -> Response:
-        project = self.authenticate(request)
-        file_id = request.path_params["file_id"]
-        rec = await run_sync(self.store.get_file, project, file_id)
-        if rec is None:
-            raise errors.file_not_found(file_id)
+        rec = await self._requested_file(request)
         if rec.source != wire.SOURCE_GENERATED:
             raise errors.invalid_argument(wire.MSG_DOWNLOAD_NOT_GENERATED)
         if request.query_params.get("alt") != "media":
@@ -458,7 +458,7 @@ class FilesApi:
             return json_response({})
         fd = await run_sync(self.store.open_blob, rec)
         if fd is None:  # deleted between the lookup and the open
-            raise errors.file_not_found(file_id)
+            raise errors.file_not_found(rec.id)
         return BlobResponse(fd, os.fstat(fd).st_size, rec.mime_type)
 
     async def register(self, request: Request) -> Response:
