@@ -1,12 +1,31 @@
-"""The mfusepy `Operations` of a gemfs mount: each operation resolves a path against the pending
-writes and the catalog, and delegates to `staging`, `remote`, `sidecar` and `mime`.
+"""The mfusepy `Operations` of a gemfs mount: each operation resolves a path against the files
+being written here and the catalog, and delegates to `staging`, `remote`, `cache`, `sidecar`
+and `mime`.
 
 Where bytes go (docs/SEMANTICS.md):
-- create/open-for-write stage the file on local disk (`Pending`); `flush` (close) uploads it
-  synchronously and returns the upload's errno, so `cp` fails when the upload failed;
-- `release` never uploads (the kernel drops its result): it only frees the staged copy;
-- temp names of rsync, GIO and editors are held at close and uploaded once, under the final
-  name, by the `rename` that follows.
+- create/open-for-write stage the file on local disk (`Pending`); the close of its last writer
+  (`flush`) uploads it synchronously and returns the upload's errno, so `cp` fails when the
+  upload failed; `fsync` uploads too, at once;
+- `release` never uploads (the kernel drops its result): it hands the uploaded bytes to the
+  local content cache, so this machine can read its own Files back, or frees them;
+- temp names of rsync, GIO and mktemp are held at close and uploaded once, under the final
+  name, by the `rename` that follows; lock and swap files of editors are never uploaded.
+
+Locks, in the order they are taken (a lock never waits for one above it):
+
+1. `Pending.lock`, one per file being written. Guards that file's staged bytes and the fields
+   marked "file lock" below. It is held across that file's upload, so a write to the same file
+   waits for its upload in flight; nothing else waits for it: `getattr`, `readdir` and `read`
+   of any file, and every operation on other files, never take it.
+2. `GemFS._lock`, the mount's tables: `_pending`, `_handles`, `_uploads`, `_hidden`,
+   `_draining`, and the fields marked "mount lock". Held for dictionary work only: no I/O, no
+   network, never while waiting for a `Pending.lock`.
+3. Leaf locks, each guarding its own object and taken last: `StagingArea._lock` (it calls the
+   quota callback, which takes `Catalog._lock`, so staging before catalog), `Catalog._lock`,
+   the content cache's and the state store's locks, `_fresh_lock`.
+
+No network call is made under 2 or 3. The only network calls under a `Pending.lock` are that
+file's own upload and the deletes of the Files it retires.
 """
 
 from __future__ import annotations
@@ -21,9 +40,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import cachetools
 from mfusepy import Operations, fuse_get_context
 
-from gemfs import mime, sidecar
+from gemfs import mime, procinfo, sidecar, tempnames
 from gemfs.catalog import Catalog, DirNode, FileNode, Path, split_path
 from gemfs.errors import GemfsError, fuse_op
 from gemfs.model import FileRecord
@@ -32,17 +52,26 @@ from gemfs.staging import StagedFile, StagingArea
 
 log = logging.getLogger(__name__)
 
-# Temp files that are renamed right after close: rsync's `.name.XXXXXX`, GIO's
-# `.goutputstream-XXXXXX` (file managers), vim/emacs swap and lock files, browser partials.
-TEMP_NAME = re.compile(
-    r"^\..+\.[A-Za-z0-9]{6}$|^\.goutputstream-|^\.#|\.sw[a-p]$|\.(part|crdownload)$"
-)
-
 BLOCK = 4096
 # The st_blksize of files: cp (and most tools) write in pieces of max(st_blksize, 128 KiB), and
 # each piece is one FUSE request through Python. 1 MiB, libfuse's largest write, cut staging a
 # 1 GiB cp from ~2.5 s to ~0.7 s (bench/run.py, big_upload).
 IO_BLOCK = 1 << 20
+
+# libfuse hides a file that is unlinked while open by renaming it to `.fuse_hidden<16 hex>` and
+# unlinks that name at the last release (without `hard_remove`; with it, fstat of such a file
+# gets ESTALE, since the kernel's getattr carries no file handle).
+HIDDEN_NAME = re.compile(r"^\.fuse_hidden[0-9a-f]{16}$")
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+# How long a fresh `files.get` of a File that is not ACTIVE answers for it: the sidecar and
+# `user.gemini.state` of a PROCESSING video ask the API at most once a second, however many
+# readers poll them.
+FRESH_SECONDS = 1.0
+
+# The name of the virtual file that lists the sidecars for GTK file managers (--show-meta).
+HIDDEN_LIST = ".hidden"
 
 
 def new_name(path: str) -> Path:
@@ -60,27 +89,38 @@ def new_name(path: str) -> Path:
     return parts
 
 
-def is_temp_name(name: str) -> bool:
-    return bool(TEMP_NAME.search(name))
+def _caller() -> int:
+    return fuse_get_context()[2]
 
 
 @dataclass(eq=False)
 class Pending:
-    """A file written through this mount that is not (or not only) remote yet."""
+    """A file written through this mount whose bytes are here: being written, held for a rename,
+    kept local, or unlinked while open. Its remote Files are in `replaces`."""
 
-    path: Path  # guarded by GemFS._lock
-    staged: StagedFile
-    replaces: list[FileRecord]  # guarded by lock: remote Files this upload retires once it is in
-    lock: threading.Lock = field(default_factory=threading.Lock)  # orders writes vs upload
-    handles: int = 0  # guarded by GemFS._lock
-    dirty: bool = True  # guarded by lock: bytes not uploaded yet
-    error: int | None = None  # guarded by lock: a write failed; close reports it, nothing goes up
-    unlinked: bool = False  # guarded by GemFS._lock
-    mtime: float = field(default_factory=time.time)
+    path: Path  # mount lock
+    staged: StagedFile  # file lock (the bytes; reads use pread without it)
+    # file lock: remote Files at this path that this file's next upload retires: the File it
+    # overwrites, and its own earlier upload (after an fsync or an earlier close).
+    replaces: list[FileRecord]
+    kind: str = "upload"  # mount lock: "upload", "held" (a temp name) or "local" (lock/swap)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    handles: int = 0  # mount lock: open file handles
+    dirty: bool = True  # file lock: bytes not uploaded yet
+    error: int | None = None  # file lock: a write failed; close reports it, nothing goes up
+    # file lock: opened for writing without O_TRUNC over a File whose bytes are not here: a
+    # write that needs the old bytes is refused until the file is truncated to 0.
+    base_missing: bool = False
+    uploaded: FileRecord | None = None  # file lock: the File that holds its bytes now
+    digest: str | None = None  # file lock: SHA-256 (hex) of the uploaded bytes
+    unlinked: bool = False  # mount lock: removed from the tree; never uploaded again
+    mtime: float = field(default_factory=time.time)  # one float: read without a lock
 
     @property
-    def held(self) -> bool:
-        return is_temp_name(self.path[-1])
+    def size(self) -> int:
+        if self.base_missing and self.uploaded is not None:
+            return self.uploaded.size
+        return self.staged.size
 
 
 @dataclass(eq=False)
@@ -94,8 +134,26 @@ class DirHandle:
 
 @dataclass(eq=False)
 class ReadHandle:
-    data: bytes | None = None  # a sidecar
-    staged: StagedFile | None = None  # a downloaded generated File
+    """A file open for reading only: a sidecar's bytes, or a descriptor on local bytes (a cached
+    File, or a downloaded generated File that is discarded at release)."""
+
+    attrs: dict
+    data: bytes | None = None
+    fd: int = -1
+    staged: StagedFile | None = None  # a download, discarded at release
+    direct: bool = False  # reads bypass the page cache (a sidecar, whose size may change)
+
+    def read(self, size: int, offset: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + size]
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        if self.staged is not None:
+            self.staged.discard()
+        elif self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
 
 
 class GemFS(Operations):
@@ -111,25 +169,39 @@ class GemFS(Operations):
         show_meta: bool = False,
         read_only: bool = False,
         attr_timeout: float = 1.0,
+        cache=None,
+        state=None,
+        wait_active: bool = False,
+        clock=time.monotonic,
         on_ready=None,
     ) -> None:
         self.remote = remote
         self.mountpoint = ""  # set by mount.py; to recognise our files in /proc/PID/fd
         self.catalog = catalog
         self.staging = staging
+        self.cache = cache  # gemfs.cache.ContentCache, or None: Files are read back from here
+        self.state = state  # gemfs.state.StateStore, or None: mtimes kept per File id
         self.quota = quota
         self.show_meta = show_meta
         self.read_only = read_only
         self.attr_timeout = attr_timeout
+        self.wait_active = wait_active
         self.on_ready = on_ready
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time()
+        self._clock = clock
         self._lock = threading.Lock()
-        self._pending: dict[Path, Pending] = {}  # guarded by _lock
-        self._handles: dict[int, Pending | ReadHandle] = {}  # guarded by _lock
+        self._pending: dict[Path, Pending] = {}  # mount lock
+        self._handles: dict[int, Pending | ReadHandle | DirHandle] = {}  # mount lock
         self._next_fh = itertools.count(1)
-        self._uploads: dict[int, dict] = {}  # guarded by _lock: id(Pending) -> progress
-        self._draining = False  # guarded by _lock
+        self._uploads: dict[int, dict] = {}  # mount lock: id(Pending) -> progress
+        # mount lock: Files unlinked while open for reading, by their hidden name: their
+        # attributes, so fstat through an open descriptor still answers.
+        self._hidden: dict[Path, dict] = {}
+        self._draining = False  # mount lock
+        self._fresh_lock = threading.Lock()  # guards _fresh and _fetching
+        self._fresh: cachetools.TTLCache = cachetools.TTLCache(4096, FRESH_SECONDS, timer=clock)
+        self._fetching: dict[str, threading.Event] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -140,9 +212,9 @@ class GemFS(Operations):
             config.attr_timeout = self.attr_timeout
             config.entry_timeout = self.attr_timeout
             config.negative_timeout = self.attr_timeout
-            # Without hard_remove, libfuse renames an open file that is unlinked to
-            # .fuse_hidden*, and that name would be uploaded at close.
-            config.hard_remove = 1
+            # An open file that is unlinked is renamed to .fuse_hidden* by libfuse, so fstat,
+            # read and ftruncate through its descriptor keep working (HIDDEN_NAME).
+            config.hard_remove = 0
         if self.on_ready:
             self.on_ready()
 
@@ -166,21 +238,20 @@ class GemFS(Operations):
 
     def held_files(self) -> list[Pending]:
         with self._lock:
-            return [p for p in self._pending.values() if p.held and p.handles == 0 and p.dirty]
+            return [p for p in self._pending.values()
+                    if p.kind == "held" and p.handles == 0 and not p.unlinked]
 
     def upload_held(self) -> None:
-        """At unmount: temp-named files that were never renamed still go up, under their names."""
+        """At unmount: temp-named files that were never renamed still go up, under their names;
+        lock and swap files are dropped."""
         for p in self.held_files():
             try:
-                self._upload(p, force=True)
+                self._upload(p)
             except GemfsError as e:
                 log.error("could not upload %s at unmount: %s", "/".join(p.path), e)
             self._forget(p)
 
     # -- resolution -----------------------------------------------------------------------------
-
-    def _quota_left(self) -> int:
-        return self.quota - self.catalog.used_bytes()
 
     def _dir_exists(self, path: Path) -> bool:
         return path == () or isinstance(self.catalog.lookup(path), DirNode)
@@ -192,12 +263,23 @@ class GemFS(Operations):
         node = self.catalog.lookup(path[:-1] + (owner,))
         return node.record if isinstance(node, FileNode) else None
 
-    def _new_handle(self, obj: Pending | ReadHandle) -> int:
+    def _hidden_list(self, path: Path) -> bytes | None:
+        """The virtual `.hidden` of a folder (--show-meta): its sidecar names, one a line, so
+        GTK file managers show them only on Ctrl+H. None where there is none."""
+        if not self.show_meta or not path or path[-1] != HIDDEN_LIST:
+            return None
+        entries = self.catalog.listdir(path[:-1])
+        if entries is None or HIDDEN_LIST in entries:
+            return None
+        names = [n + sidecar.SUFFIX for n, node in entries.items() if isinstance(node, FileNode)]
+        return "".join(n + "\n" for n in sorted(names)).encode("utf-8")
+
+    def _new_handle(self, obj) -> int:
         fh = next(self._next_fh)
         self._handles[fh] = obj
         return fh
 
-    def _handle(self, fh: int) -> Pending | ReadHandle:
+    def _handle(self, fh: int):
         with self._lock:
             obj = self._handles.get(fh)
         if obj is None:
@@ -231,24 +313,76 @@ class GemFS(Operations):
             "st_ctime": ns,
         }
 
+    def _cached(self, file_id: str) -> bool:
+        return self.cache is not None and self.cache.contains(file_id)
+
+    # -- fresh state of Files that are not ACTIVE yet ----------------------------------------
+
+    def _fresh_record(self, record: FileRecord) -> FileRecord:
+        """The File as the API says now when it is not ACTIVE (at most one `files.get` per File
+        per FRESH_SECONDS, however many readers); ACTIVE Files cost nothing."""
+        if record.state == "ACTIVE":
+            return record
+        while True:
+            with self._fresh_lock:
+                fresh = self._fresh.get(record.id)
+                if fresh is not None:
+                    return fresh
+                waiting = self._fetching.get(record.id)
+                if waiting is None:
+                    done = self._fetching[record.id] = threading.Event()
+                    break
+            waiting.wait()
+        try:
+            fresh = self.remote.get(record.id)
+        except GemfsError as e:
+            log.info("could not refresh %s: %s", record.name, e)
+            fresh = record
+        else:
+            self.catalog.add_uploaded(fresh)  # the tree shows the new state too
+        finally:
+            with self._fresh_lock:
+                self._fresh[record.id] = fresh
+                del self._fetching[record.id]
+            done.set()
+        return fresh
+
     # -- metadata -------------------------------------------------------------------------------
 
     @fuse_op
-    def getattr(self, path: str, fh=None) -> dict:
+    def getattr(self, path: str | None, fh=None) -> dict:
+        if fh is not None:
+            with self._lock:
+                obj = self._handles.get(fh)
+            if isinstance(obj, Pending):
+                return self._pending_attrs(obj)
+            if isinstance(obj, ReadHandle):
+                return obj.attrs
+        if path is None:
+            raise GemfsError(errno.ESTALE)
         parts = split_path(path)
         if not parts:
             return self._dir_attrs()
         with self._lock:
             pending = self._pending.get(parts)
+            hidden = self._hidden.get(parts)
         if pending is not None:
             return self._pending_attrs(pending)
+        if hidden is not None:
+            return hidden
         node = self.catalog.lookup(parts)
         if node is not None:
             return self._node_attrs(node)
         record = self._sidecar_record(parts)
         if record is not None:
-            return self._file_attrs(0o444, len(sidecar.render(record)), record.update_time)
+            return self._sidecar_attrs(self._fresh_record(record))
+        listing = self._hidden_list(parts)
+        if listing is not None:
+            return self._file_attrs(0o444, len(listing), self.started)
         raise GemfsError(errno.ENOENT)
+
+    def _sidecar_attrs(self, record: FileRecord) -> dict:
+        return self._file_attrs(0o444, len(sidecar.render(record)), record.update_time)
 
     @fuse_op
     def readdir(self, path: str, fh=None):
@@ -289,7 +423,8 @@ class GemFS(Operations):
             raise GemfsError(errno.ENOENT)
         out: list[tuple[str, dict | None]] = [(".", None), ("..", None)]
         with self._lock:
-            local = {p.path[-1]: p for p in self._pending.values() if p.path[:-1] == parts}
+            local = {p.path[-1]: p for p in self._pending.values()
+                     if p.path[:-1] == parts and not p.unlinked}
         for name, node in entries.items():
             attrs = None
             if with_attrs:
@@ -303,21 +438,32 @@ class GemFS(Operations):
             # A sidecar's size means rendering it; the kernel looks those up when asked.
             out.extend((n + sidecar.SUFFIX, None) for n, node in entries.items()
                        if isinstance(node, FileNode))
+            if HIDDEN_LIST not in entries and HIDDEN_LIST not in local:
+                out.append((HIDDEN_LIST, None))
         out.extend((n, self._pending_attrs(p) if with_attrs else None)
                    for n, p in local.items() if n not in entries)
         return out
 
     def _pending_attrs(self, pending: Pending) -> dict:
-        # A file being written: its local size, writable until its upload.
-        return self._file_attrs(0o644, pending.staged.size, pending.mtime)
+        # A file being written: its local size, readable and writable.
+        return self._file_attrs(0o644, pending.size, pending.mtime)
 
     def _node_attrs(self, node) -> dict:
         if isinstance(node, DirNode):
             return self._dir_attrs()
         r = node.record
-        # Uploaded bytes can never be read back: 0200 tells tools so before they try.
-        mode = 0o444 if r.generated else 0o200
-        return self._file_attrs(mode, r.size, r.update_time, r.update_time)
+        if r.generated:
+            mode = 0o444
+        elif self._cached(r.id):
+            mode = 0o644  # this machine has its bytes: readable, and writable in place
+        else:
+            mode = 0o200  # uploaded bytes can never be read back: 0200 tells tools before they try
+        mtime = r.update_time
+        if self.state is not None:
+            kept = self.state.get_mtime(r.id)
+            if kept is not None:
+                mtime = kept / 1e9
+        return self._file_attrs(mode, r.size, mtime, r.update_time)
 
     @fuse_op
     def statfs(self, path: str) -> dict:
@@ -337,24 +483,47 @@ class GemFS(Operations):
 
     @fuse_op
     def chmod(self, path: str, mode: int) -> int:
-        self.getattr(path)  # accepted and ignored, so cp -p and rsync -a work
+        if path is not None:
+            self.getattr(path)  # accepted and ignored, so cp -p and rsync -a work
         return 0
 
     @fuse_op
     def chown(self, path: str, uid: int, gid: int) -> int:
-        self.getattr(path)
+        if path is not None:
+            self.getattr(path)
         return 0
 
     @fuse_op
-    def utimens(self, path: str, times=None) -> int:
-        parts = split_path(path)
-        with self._lock:
-            pending = self._pending.get(parts)
-        if pending is not None and times:
-            pending.mtime = times[1] / 1e9
+    def utimens(self, path: str, times=None, fh=None) -> int:
+        mtime_ns = times[1] if times else time.time_ns()
+        pending = self._handles_pending(fh)
+        if pending is None and path is not None:
+            with self._lock:
+                pending = self._pending.get(split_path(path))
+        if pending is not None:
+            pending.mtime = mtime_ns / 1e9
+            with pending.lock:
+                uploaded = None if pending.dirty else pending.uploaded
+            if uploaded is not None and self.state is not None:
+                self.state.set_mtime(uploaded.id, mtime_ns)
+            return 0
+        if path is None:
+            raise GemfsError(errno.ESTALE)
+        node = self.catalog.lookup(split_path(path))
+        if isinstance(node, FileNode):
+            # Kept per File id, so a second `rsync -a` sees the mtime it set and skips the File.
+            if self.state is not None:
+                self.state.set_mtime(node.record.id, mtime_ns)
             return 0
         self.getattr(path)
         return 0
+
+    def _handles_pending(self, fh) -> Pending | None:
+        if fh is None:
+            return None
+        with self._lock:
+            obj = self._handles.get(fh)
+        return obj if isinstance(obj, Pending) else None
 
     # -- directories ----------------------------------------------------------------------------
 
@@ -384,7 +553,7 @@ class GemFS(Operations):
 
     def _exists(self, parts: Path) -> bool:
         with self._lock:
-            if parts in self._pending:
+            if parts in self._pending or parts in self._hidden:
                 return True
         return self.catalog.lookup(parts) is not None or self._sidecar_record(parts) is not None
 
@@ -397,20 +566,48 @@ class GemFS(Operations):
             if self._draining:
                 raise GemfsError(errno.EROFS, "unmount in progress")
 
-    def _start_pending(self, parts: Path, replaces: FileRecord | None) -> int:
-        """A new staged file at `parts`, opened once; returns its handle."""
+    def _kind_of(self, name: str, pid: int) -> str:
+        if tempnames.is_local(name):
+            return "local"
+        if tempnames.is_held(name, procinfo.command(pid) if pid > 0 else ""):
+            return "held"
+        return "upload"
+
+    def _start_pending(self, parts: Path, replaces: FileRecord | None, *,
+                       base: FileRecord | None = None, copy_from: int = -1) -> int:
+        """A new staged file at `parts`, opened once; returns its handle.
+
+        `base` is the File an open without O_TRUNC works on: with `copy_from` (a descriptor on
+        its cached bytes) they are copied in, else the file starts without them."""
         self._check_writable()
+        kind = self._kind_of(parts[-1], _caller())
         staged = self.staging.new_file()
+        try:
+            if copy_from >= 0 and base is not None:
+                staged.copy_from(copy_from, base.size)
+        except BaseException:
+            staged.discard()
+            raise
+        p = Pending(parts, staged, [replaces] if replaces else [], kind=kind, handles=1)
+        if base is not None:
+            # Nothing changed yet: closing it without a write uploads nothing.
+            p.dirty = False
+            p.uploaded = base
+            p.base_missing = copy_from < 0
+            p.mtime = self._node_attrs(FileNode(base))["st_mtime"] / 1e9
         with self._lock:
             old = self._pending.get(parts)
             if old is not None and old.handles:
-                staged.discard()
-                raise GemfsError(errno.ETXTBSY, "file is being written")
-            if old is not None:
-                del self._pending[parts]
-            p = Pending(parts, staged, [replaces] if replaces else [], handles=1)
-            self._pending[parts] = p
-            fh = self._new_handle(p)
+                busy = True
+            else:
+                busy = False
+                if old is not None:
+                    del self._pending[parts]
+                self._pending[parts] = p
+                fh = self._new_handle(p)
+        if busy:
+            staged.discard()
+            raise GemfsError(errno.ETXTBSY, "file is being written")
         if old is not None:
             with old.lock:
                 old.staged.discard()
@@ -421,7 +618,7 @@ class GemFS(Operations):
         parts = new_name(path)
         if not self._dir_exists(parts[:-1]):
             raise GemfsError(errno.ENOENT)
-        if self._sidecar_record(parts) is not None:
+        if self._sidecar_record(parts) is not None or self._hidden_list(parts) is not None:
             raise GemfsError(errno.EACCES, "sidecars are read-only")
         node = self.catalog.lookup(parts)
         if isinstance(node, DirNode):
@@ -442,28 +639,56 @@ class GemFS(Operations):
                 # Never under self._lock: an upload holds pending.lock for its whole length.
                 with pending.lock:
                     pending.staged.truncate(0)
-                    pending.dirty, pending.error = True, None
+                    pending.dirty, pending.error, pending.base_missing = True, None, False
             return fh
         node = self.catalog.lookup(parts)
         if isinstance(node, DirNode):
             raise GemfsError(errno.EISDIR)
         if isinstance(node, FileNode):
-            if writing:
-                if not flags & os.O_TRUNC:
-                    raise GemfsError(errno.EPERM, "an uploaded File has no bytes to append to")
-                return self._start_pending(parts, node.record)
-            if not node.record.generated:
-                raise GemfsError(errno.EACCES, "uploaded Files cannot be downloaded")
-            return self._open_download(node.record)
+            return self._open_file(node.record, parts, flags, writing)
         record = self._sidecar_record(parts)
         if record is not None:
             if writing:
                 raise GemfsError(errno.EACCES, "sidecars are read-only")
-            with self._lock:
-                return self._new_handle(ReadHandle(data=sidecar.render(record)))
+            data = sidecar.render(self._fresh_record(record))
+            return self._read_handle(ReadHandle(self._file_attrs(0o444, len(data), record.update_time),
+                                                data=data, direct=True))
+        listing = self._hidden_list(parts)
+        if listing is not None:
+            if writing:
+                raise GemfsError(errno.EACCES, "the .hidden list is read-only")
+            return self._read_handle(ReadHandle(self._file_attrs(0o444, len(listing), self.started),
+                                                data=listing, direct=True))
         raise GemfsError(errno.ENOENT)
 
-    def _open_download(self, record: FileRecord) -> int:
+    def _read_handle(self, handle: ReadHandle) -> int:
+        with self._lock:
+            return self._new_handle(handle)
+
+    def _open_file(self, record: FileRecord, parts: Path, flags: int, writing: bool) -> int:
+        fd = self.cache.open(record.id) if self.cache is not None and not record.generated else None
+        if writing:
+            if flags & os.O_TRUNC:
+                if fd is not None:
+                    os.close(fd)
+                return self._start_pending(parts, record)
+            # Without O_TRUNC: GIO opens an existing file so only to check it may, then writes a
+            # temp file and renames it over. With the bytes here, the file is copied in and
+            # edited in place; without them, only a write that needs them fails.
+            try:
+                return self._start_pending(parts, record, base=record,
+                                           copy_from=-1 if fd is None else fd)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        attrs = self._node_attrs(FileNode(record))
+        if fd is not None:
+            return self._read_handle(ReadHandle(attrs, fd=fd))
+        if record.generated:
+            return self._open_download(record, attrs)
+        raise GemfsError(errno.EACCES, "uploaded Files cannot be downloaded")
+
+    def _open_download(self, record: FileRecord, attrs: dict) -> int:
         staged = self.staging.new_file(counted=False)  # a download is not quota
         try:
             self.remote.download(record.id, staged.path)
@@ -471,18 +696,23 @@ class GemFS(Operations):
         except BaseException:
             staged.discard()
             raise
+        return self._read_handle(ReadHandle(attrs, fd=staged.fd, staged=staged))
+
+    def direct_io(self, fh: int) -> bool:
+        """Whether reads of this handle bypass the kernel's page cache (fuse_plus.py): a sidecar
+        can grow between the stat that sized it and the read (PROCESSING -> ACTIVE)."""
         with self._lock:
-            return self._new_handle(ReadHandle(staged=staged))
+            obj = self._handles.get(fh)
+        return isinstance(obj, ReadHandle) and obj.direct
 
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         obj = self._handle(fh)
         if isinstance(obj, ReadHandle):
-            if obj.data is not None:
-                return obj.data[offset : offset + size]
-            return obj.staged.read(size, offset)
-        with obj.lock:
-            return obj.staged.read(size, offset)
+            return obj.read(size, offset)
+        if obj.base_missing:
+            raise GemfsError(errno.EACCES, "uploaded Files cannot be downloaded")
+        return obj.staged.read(size, offset)
 
     @fuse_op
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -490,12 +720,12 @@ class GemFS(Operations):
         if not isinstance(obj, Pending):
             raise GemfsError(errno.EBADF)
         with obj.lock:
+            if obj.base_missing:
+                raise GemfsError(errno.EPERM, "this File's bytes are not on this machine: "
+                                 "truncate it to 0 (or open it with O_TRUNC) to replace it")
             try:
                 written = obj.staged.write(data, offset)
-            except OSError as e:
-                obj.error = e.errno
-                raise
-            except GemfsError as e:
+            except (OSError, GemfsError) as e:
                 obj.error = e.errno
                 raise
             obj.dirty = True
@@ -503,17 +733,21 @@ class GemFS(Operations):
         return written
 
     @fuse_op
-    def truncate(self, path: str, length: int, fh=None) -> int:
-        parts = split_path(path)
-        with self._lock:
-            pending = self._pending.get(parts)
+    def truncate(self, path: str | None, length: int, fh=None) -> int:
+        pending = self._handles_pending(fh)
         if pending is None:
-            if self._sidecar_record(parts) is not None:
-                raise GemfsError(errno.EACCES, "sidecars are read-only")
-            if isinstance(self.catalog.lookup(parts), FileNode):
-                raise GemfsError(errno.EPERM, "open an uploaded File with O_TRUNC to replace it")
-            raise GemfsError(errno.ENOENT)
+            if path is None:
+                raise GemfsError(errno.ESTALE)
+            parts = split_path(path)
+            with self._lock:
+                pending = self._pending.get(parts)
+            if pending is None:
+                return self._truncate_file(parts, length)
         with pending.lock:
+            if pending.base_missing:
+                if length != 0:
+                    raise GemfsError(errno.EPERM, "this File's bytes are not on this machine")
+                pending.base_missing = False
             try:
                 pending.staged.truncate(length)
             except (OSError, GemfsError) as e:
@@ -523,76 +757,114 @@ class GemFS(Operations):
             pending.mtime = time.time()
         return 0
 
+    def _truncate_file(self, parts: Path, length: int) -> int:
+        """truncate(2) by path of a File not open here: staged, uploaded, and the old one retired."""
+        if self._sidecar_record(parts) is not None:
+            raise GemfsError(errno.EACCES, "sidecars are read-only")
+        node = self.catalog.lookup(parts)
+        if not isinstance(node, FileNode):
+            raise GemfsError(errno.ENOENT)
+        fh = self._open_file(node.record, parts, os.O_WRONLY, True)
+        try:
+            self.truncate(None, length, fh)
+            self._upload(self._handle(fh))
+        finally:
+            self.release(None, fh)
+        return 0
+
     @fuse_op
     def flush(self, path: str, fh: int) -> int:
         obj = self._handle(fh)
-        if isinstance(obj, Pending) and not self._caller_keeps_it_open(obj):
-            self._upload(obj)
+        if not isinstance(obj, Pending) or obj.kind != "upload" or not (obj.dirty or obj.error):
+            return 0  # (dirty and kind are hints here; _upload reads them under the lock)
+        pid = _caller()
+        if pid > 0 and procinfo.dying_of_signal(pid):
+            # A writer killed half-way (cp on SIGTERM/SIGINT): its bytes are not what it meant
+            # to write, so they are never published.
+            with obj.lock:
+                if obj.dirty and obj.error is None:
+                    obj.error = errno.EIO
+                    log.warning("%s: its writer (pid %d, %s) was killed; not uploaded",
+                                "/".join(obj.path), pid, procinfo.command(pid) or "?")
+            return 0
+        if self._another_writer(obj, pid):
+            return 0  # the last writer's close uploads it
+        self._upload(obj)
         return 0
 
-    def _caller_keeps_it_open(self, p: Pending) -> bool:
-        """Does the closing process hold another descriptor of this file?
-
-        Shell redirects and dd open the file, dup2 it and close the first descriptor before
-        writing: that FLUSH must not upload an empty file. The last close uploads instead.
-        Reading /proc/PID/fd resolves names in the kernel without calling into this mount.
-        """
-        pid = fuse_get_context()[2]
+    def _another_writer(self, p: Pending, pid: int) -> bool:
+        """Does the closing process, or one it inherited the descriptor from, still hold this file
+        open for writing? (procinfo.holds_for_writing)"""
         if pid <= 0 or not self.mountpoint:
             return False
         with self._lock:
             target = os.path.join(self.mountpoint, *p.path)
-        folder = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(folder)
-        except OSError:
-            return False
-        count = 0
-        for fd in fds:
-            try:
-                if os.readlink(os.path.join(folder, fd)) == target:
-                    count += 1
-            except OSError:
-                continue
-        # The descriptor being closed is already gone from the table when FLUSH arrives.
-        return count >= 1
+        return procinfo.holds_for_writing(pid, target)
 
     @fuse_op
     def fsync(self, path: str, datasync: int, fh: int) -> int:
-        return self.flush(path, fh)
+        """A durability point: when it returns 0 the bytes written so far are a File."""
+        obj = self._handle(fh)
+        if isinstance(obj, Pending):
+            self._upload(obj, durable=True)
+        return 0
 
     @fuse_op
     def release(self, path: str, fh: int) -> int:
         with self._lock:
             obj = self._handles.pop(fh, None)
-            if not isinstance(obj, Pending):
-                pass
-            else:
+            if isinstance(obj, Pending):
                 obj.handles -= 1
-                if obj.handles > 0 or (obj.held and obj.dirty and not obj.unlinked):
-                    return 0
-        if isinstance(obj, ReadHandle) and obj.staged is not None:
-            obj.staged.discard()
-        elif isinstance(obj, Pending):
-            self._forget(obj)
+                keep = obj.handles > 0 or (not obj.unlinked and obj.kind != "upload")
+        if isinstance(obj, ReadHandle):
+            obj.close()
+        elif isinstance(obj, Pending) and not keep:
+            self._settle(obj)
         return 0
 
+    def _settle(self, p: Pending) -> None:
+        """The last handle of a written file is gone: its uploaded bytes become the cache entry
+        of their File (a rename, no copy), and the file stops being pending."""
+        with p.lock:
+            with self._lock:
+                if self._pending.get(p.path) is p and p.handles == 0:
+                    del self._pending[p.path]
+                elif p.handles:
+                    return  # opened again meanwhile
+            if p.dirty and p.error is None and not p.unlinked:
+                log.warning("%s: closed without being uploaded", "/".join(p.path))
+            kept = False
+            if (not p.dirty and not p.unlinked and p.uploaded is not None and p.digest
+                    and self.cache is not None and not p.base_missing):
+                kept = self.cache.adopt(p.uploaded.id, p.staged.path, size=p.staged.size,
+                                        sha256_hex=p.digest,
+                                        expires_at=p.uploaded.expiration_time or None)
+            if kept:
+                p.staged.detach()
+            else:
+                p.staged.discard()
+
     def _forget(self, p: Pending) -> None:
-        """Drop a pending file and its staged bytes (after its upload, or after it failed)."""
+        """Drop a pending file and its staged bytes."""
         with self._lock:
             if self._pending.get(p.path) is p:
                 del self._pending[p.path]
         with p.lock:
             p.staged.discard()
 
-    def _upload(self, p: Pending, *, force: bool = False) -> None:
-        """Upload a dirty pending file under its current path, then retire what it replaces."""
+    def _upload(self, p: Pending, *, durable: bool = False) -> None:
+        """Upload a dirty pending file under its current path, then retire what it replaces.
+        Held temp files go up only by a rename or at unmount; lock files never."""
         with p.lock:
             with self._lock:
-                parts, skip = p.path, p.unlinked or (p.held and not force)
+                parts, unlinked, kind = p.path, p.unlinked, p.kind
             if p.error is not None:
                 raise GemfsError(p.error, "an earlier write failed; nothing was uploaded")
-            if not p.dirty or skip:
+            if not p.dirty or unlinked or kind == "local":
+                return
+            if kind == "held" and not self._draining_now():
+                if durable:
+                    os.fsync(p.staged.fd)
                 return
             display = "/".join(parts)
             mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
@@ -606,20 +878,59 @@ class GemFS(Operations):
 
             try:
                 record = self.remote.upload(p.staged.fd, size, display, mime_type, advance)
+            except GemfsError as e:
+                if e.errno == errno.EDQUOT and p.replaces:
+                    log.warning("%s: no room in the quota for the new version next to the old "
+                                "one (%d bytes); an overwrite needs both until it is done",
+                                display, size)
+                raise
             finally:
                 with self._lock:
                     self._uploads.pop(id(p), None)
             p.dirty = False
             retired, p.replaces = p.replaces, [record]
+            p.uploaded, p.digest = record, getattr(self.remote, "last_digest", lambda _r: None)(record)
             self.catalog.add_uploaded(record)
+            if self.state is not None:
+                self.state.set_mtime(record.id, int(p.mtime * 1e9))
             log.info("uploaded %s as %s (%d bytes, %s)", display, record.name, size, mime_type)
         for old in retired:
             if old.id != record.id:
-                self._delete_remote(old)
+                self._delete_remote(old, quiet=True)
+        if self.wait_active:
+            self._wait_active(record)
 
-    def _delete_remote(self, record: FileRecord) -> None:
-        self.remote.delete(record.id)
+    def _draining_now(self) -> bool:
+        with self._lock:
+            return self._draining
+
+    def _wait_active(self, record: FileRecord) -> None:
+        """--wait-active: close returns once the File is ACTIVE; EIO when it FAILED."""
+        delay = 0.2
+        while record.state not in ("ACTIVE", "FAILED"):
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            record = self.remote.get(record.id)
+            self.catalog.add_uploaded(record)
+        if record.state == "FAILED":
+            message = (record.api.get("error") or {}).get("message", "processing failed")
+            raise GemfsError(errno.EIO, f"{record.name} FAILED: {message}")
+
+    def _delete_remote(self, record: FileRecord, *, quiet: bool = False) -> None:
+        try:
+            self.remote.delete(record.id)
+        except GemfsError as e:
+            if not quiet:
+                raise
+            # The new bytes are whole; failing the close for the old File would tell the user
+            # their write failed. The old File stays listed (as NAME~id) until it expires.
+            log.error("could not delete the replaced File %s: %s", record.name, e)
+            return
         self.catalog.mark_deleted(record.id)
+        if self.cache is not None:
+            self.cache.drop(record.id)
+        if self.state is not None:
+            self.state.forget(record.id)
 
     @fuse_op
     def unlink(self, path: str) -> int:
@@ -629,12 +940,17 @@ class GemFS(Operations):
             pending = self._pending.pop(parts, None)
             if pending is not None:
                 pending.unlinked = True
+            hidden = self._hidden.pop(parts, None)
+        if hidden is not None:
+            return 0
         if pending is not None:
             # `rm` removes what is at the path: this file's own upload and any File it replaces.
             with pending.lock:
                 remote = list(pending.replaces)
                 pending.replaces = []
-                if pending.handles == 0:
+                with self._lock:
+                    idle = pending.handles == 0
+                if idle:
                     pending.staged.discard()
             for record in remote:
                 self._delete_remote(record)
@@ -645,35 +961,64 @@ class GemFS(Operations):
             return 0
         if isinstance(node, DirNode):
             raise GemfsError(errno.EISDIR)
-        if self._sidecar_record(parts) is not None:
+        if self._sidecar_record(parts) is not None or self._hidden_list(parts) is not None:
             raise GemfsError(errno.EPERM, "sidecars are read-only")
         raise GemfsError(errno.ENOENT)
 
+    def _hide(self, src: Path, dst: Path) -> int:
+        """libfuse's rename of an open file that is being unlinked to `.fuse_hidden*`: the file
+        goes away for everyone else (its Files are deleted) and lives on for its descriptors."""
+        with self._lock:
+            pending = self._pending.pop(src, None)
+            if pending is not None:
+                pending.unlinked = True
+                pending.path = dst
+                self._pending[dst] = pending
+        if pending is not None:
+            with pending.lock:
+                remote, pending.replaces = list(pending.replaces), []
+            for record in remote:
+                self._delete_remote(record)
+            return 0
+        node = self.catalog.lookup(src)
+        if not isinstance(node, FileNode):
+            raise GemfsError(errno.ENOENT)
+        attrs = self._node_attrs(node)
+        self._delete_remote(node.record)
+        with self._lock:
+            self._hidden[dst] = attrs
+        return 0
+
     @fuse_op
-    def rename(self, old: str, new: str) -> int:
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
         src, dst = split_path(old), new_name(new)
+        if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT) or flags & ~(
+                RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
+            raise GemfsError(errno.EINVAL, "the Files API cannot exchange names")
         self._check_writable()
+        if HIDDEN_NAME.match(dst[-1]) and dst[:-1] == src[:-1]:
+            return self._hide(src, dst)
+        if flags & RENAME_NOREPLACE and self._exists(dst):
+            raise GemfsError(errno.EEXIST)
         if not self._dir_exists(dst[:-1]):
             raise GemfsError(errno.ENOENT)
         if self._sidecar_record(dst) is not None or self._sidecar_record(src) is not None:
             raise GemfsError(errno.EPERM, "sidecars are read-only")
         with self._lock:
             pending = self._pending.get(src)
+        target = self.catalog.lookup(dst)
         if pending is None:
             node = self.catalog.lookup(src)
             if node is None:
                 raise GemfsError(errno.ENOENT)
-            if isinstance(node, DirNode) and self.catalog.is_local_dir(src) and not self.catalog.listdir(src):
-                if self._exists(dst):
-                    raise GemfsError(errno.EEXIST)
-                self.catalog.remove_dir(src)
-                self.catalog.add_dir(dst)
-                return 0
-            # The API has no rename; EXDEV would make mv copy (read) the File, which it can't.
-            raise GemfsError(errno.EPERM, "the Files API cannot rename")
-        target = self.catalog.lookup(dst)
+            if isinstance(node, DirNode):
+                return self._rename_dir(src, dst)
+            if isinstance(target, DirNode):
+                raise GemfsError(errno.EISDIR)
+            return self._rename_file(node.record, src, dst, target)
         if isinstance(target, DirNode):
             raise GemfsError(errno.EISDIR)
+        kind = self._kind_of(dst[-1], _caller())
         with self._lock:
             other = self._pending.get(dst)
             if other is not None and other is not pending:
@@ -682,22 +1027,65 @@ class GemFS(Operations):
                 del self._pending[dst]
             if self._pending.get(src) is pending:
                 del self._pending[src]
-            pending.path = dst
+            pending.path, pending.kind = dst, kind
             self._pending[dst] = pending
+            idle = pending.handles == 0
         if other is not None and other is not pending:
             with other.lock:
                 other.staged.discard()
+                other_remote, other.replaces = list(other.replaces), []
+            for record in other_remote:
+                self._delete_remote(record, quiet=True)
         with pending.lock:
             # The bytes go up (again) under the new name, retiring whatever was at it.
-            pending.dirty = True
+            if not pending.base_missing:
+                pending.dirty = True
             if isinstance(target, FileNode):
                 pending.replaces.append(target.record)
-        if pending.handles == 0:
+        if idle and kind == "upload":
             # A closed temp file renamed to its final name: this is its one upload.
             try:
                 self._upload(pending)
             finally:
-                self._forget(pending)
+                self._settle_if_idle(pending)
+        return 0
+
+    def _settle_if_idle(self, p: Pending) -> None:
+        with self._lock:
+            idle = p.handles == 0
+        if idle:
+            self._settle(p)
+
+    def _rename_dir(self, src: Path, dst: Path) -> int:
+        if self.catalog.is_local_dir(src) and not self.catalog.listdir(src):
+            if self._exists(dst):
+                raise GemfsError(errno.EEXIST)
+            self.catalog.remove_dir(src)
+            self.catalog.add_dir(dst)
+            return 0
+        raise GemfsError(errno.EPERM, "the Files API cannot rename; folders of Files stay")
+
+    def _rename_file(self, record: FileRecord, src: Path, dst: Path, target) -> int:
+        """mv of a File: with its bytes here, upload them under the new name, then delete the old
+        File (the API has no rename). Without them: EPERM, never EXDEV, which would make mv
+        try to read it."""
+        fd = self.cache.open(record.id) if self.cache is not None else None
+        if fd is None:
+            raise GemfsError(errno.EPERM, "the Files API cannot rename a File whose bytes are "
+                             "not on this machine")
+        try:
+            fh = self._start_pending(dst, target.record if isinstance(target, FileNode) else None,
+                                     base=record, copy_from=fd)
+        finally:
+            os.close(fd)
+        p = self._handle(fh)
+        with p.lock:
+            p.dirty = True
+            p.replaces.append(record)
+        try:
+            self._upload(p)
+        finally:
+            self.release(None, fh)
         return 0
 
     @fuse_op

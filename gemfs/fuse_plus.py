@@ -8,7 +8,12 @@ listing). Here, when the operations object offers `readdir_plus(path, fh, offset
 attrs or None)], directories are listed in libfuse's offset mode (entry i has offset i + 1, so each
 kernel request resumes where the last one stopped) with full attributes. The operations object
 must give the same list for the whole life of a directory handle (opendir to releasedir), or
-offsets would skip or repeat names. Everything else is mfusepy's own code.
+offsets would skip or repeat names.
+
+Two more callbacks mfusepy 3.1 flattens: `rename` drops the renameat2 flags (here they reach
+`rename(old, new, flags)`), and `open` cannot ask for direct I/O (here an operations object
+with `direct_io(fh) -> bool` can, for files whose size may change between stat and read).
+Everything else is mfusepy's own code.
 """
 
 from __future__ import annotations
@@ -62,3 +67,16 @@ class PlusFUSE(FUSE):
             if full != 0:  # the kernel's buffer is full: it asks again from this offset
                 break
         return 0
+
+    def rename_fuse_3(self, old, new, flags):  # noqa: D102 (mfusepy's drops the flags)
+        # renameat2 flags reach the operations: RENAME_EXCHANGE must be refused, not done as a
+        # plain rename that deletes one of the two Files.
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
+
+    def open(self, path, fip):  # noqa: D102 (mfusepy's, plus direct_io)
+        result = super().open(path, fip)
+        wants = getattr(self.operations, "direct_io", None)
+        if wants is not None and not self.raw_fi and wants(fip.contents.fh):
+            fip.contents.direct_io = 1
+        return result

@@ -63,11 +63,32 @@ class StagedFile:
             self._area.release(max(self.size - length, 0))
         self.size = length
 
+    def copy_from(self, fd: int, size: int) -> None:
+        """Fill an empty staged file with `size` bytes of `fd` (a cached File edited in place),
+        in the kernel where it can (copy_file_range), counted against the quota like writes."""
+        self.truncate(size)  # reserves the bytes, and fails before copying when they don't fit
+        done = 0
+        while done < size:
+            n = os.copy_file_range(fd, self.fd, size - done, done, done)
+            if n == 0:
+                raise GemfsError(errno.EIO, "the cached bytes are shorter than their File")
+            done += n
+
     def read(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
     def head(self, size: int) -> bytes:
         return os.pread(self.fd, min(size, self.size), 0)
+
+    def detach(self) -> None:
+        """Give the file up to a new owner (the content cache renamed it away): close it and stop
+        counting its bytes as staged, without unlinking."""
+        if self.fd < 0:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        if self._counted:
+            self._area.release(self.size)
 
     def discard(self) -> None:
         if self.fd < 0:
