@@ -840,7 +840,7 @@ class GemFS(Operations):
                                         sha256_hex=p.digest,
                                         expires_at=p.uploaded.expiration_time or None)
             if kept:
-                p.staged.detach()
+                p.staged.disown()
             else:
                 p.staged.discard()
 

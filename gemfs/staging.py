@@ -80,15 +80,17 @@ class StagedFile:
     def head(self, size: int) -> bytes:
         return os.pread(self.fd, min(size, self.size), 0)
 
-    def detach(self) -> None:
-        """Give the file up to a new owner (the content cache renamed it away): close it and stop
-        counting its bytes as staged, without unlinking."""
-        if self.fd < 0:
-            return
-        os.close(self.fd)
-        self.fd = -1
-        if self._counted:
-            self._area.release(self.size)
+    def disown(self) -> str:
+        """Hand the staged file over (to the content cache or the held-files store, which move it
+        away by rename): close the fd and stop counting its bytes, but leave the file on disk.
+        Returns its path; a later discard() is a no-op."""
+        path = self.path
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            if self._counted:
+                self._area.release(self.size)
+        return path
 
     def discard(self) -> None:
         if self.fd < 0:

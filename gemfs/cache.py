@@ -1,0 +1,456 @@
+"""The local content cache: the bytes of Files this machine uploaded, so a user can read their own
+writes (the Files API never gives uploaded bytes back).
+
+Public API (all methods are thread-safe):
+
+    DEFAULT_MAX_BYTES = 10 GiB
+    hex_from_api(sha256Hash: str | None) -> str | None     # the API's base64(hex) -> hex
+    ContentCache(root: str, max_bytes: int, *, clock=time.time)
+      .enabled -> bool                     # False if max_bytes == 0 or another process owns root
+      .adopt(file_id, path, *, size, sha256_hex, expires_at) -> bool
+      .open(file_id) -> int | None         # O_RDONLY|O_CLOEXEC fd, marks the entry used
+      .contains(file_id) -> bool
+      .size_of(file_id) -> int | None
+      .drop(file_id) -> bool               # the File was deleted or replaced
+      .expire() -> int                     # drop entries whose expires_at has passed
+      .retain(live: dict[str, str | None]) -> int   # after a full listing
+      .verify(file_id) -> bool             # re-hash one entry; a mismatch drops it
+      .stats() -> dict                     # {"entries", "bytes", "max_bytes", "enabled"}
+      .flush() -> None                     # write the index now (last-used times)
+      .close() -> None
+
+On disk, under `root` (per project; the caller derives it): `lock` (an flock held for the cache's
+life), `index.json` (file_id -> size, sha256_hex, expires_at, last_used, data name; replaced
+atomically: temp file, fsync, rename, fsync of the directory) and `data/` (one file per entry,
+with a name unique to that adoption, so an unlink done after the lock was released can never hit
+a newer entry of the same File). Directories are 0700, files 0600.
+
+adopt() contract: True means the cache owns the bytes and nothing is left at `path`; False means
+`path` was not touched and the caller discards it. The staged file is moved by `os.rename` (open
+fds on it stay valid); if the staging dir is on another file system (EXDEV) the bytes are copied
+to a temp file in `data/` and then `path` is unlinked, so a custom `--staging-dir` still gets
+read-your-writes. The data file is fsynced before the index names it, so after a power loss an
+entry is either absent or whole. A file bigger than max_bytes is not kept (False). The caller
+adopts only bytes that will not be written again through an fd it still holds: the entry is what
+was uploaded. With a `staging.StagedFile` the sequence is:
+
+    if cache.adopt(record.id, staged.path, size=staged.size, sha256_hex=verified_hex,
+                   expires_at=expiry_epoch_seconds):
+        staged.disown()      # closes the fd, releases the staged bytes; the file now lives here
+    else:
+        staged.discard()
+
+`hex_from_api()` turns a File's `sha256Hash` (base64 of the hex digest on the wire) into the hex
+that adopt() and retain() take.
+
+Opening an existing root: entries whose data file is missing or has another size are dropped, data
+files the index does not name are removed, expired entries are dropped and the total is trimmed to
+max_bytes. If another live process holds `root/lock`, this cache runs disabled (every call a miss
+or a no-op, adopt False) and says so in one log line: two daemons never write one index.
+
+Locks, in the order they are taken: `_save_lock` (serialises writers of index.json and guards
+`_saved_gen`) before `_lock` (guards `_entries`, `_bytes`, `_gen`). Under `_lock` only metadata
+system calls happen (open, rename, unlink, stat); copying, hashing, fsync and index writes run
+outside it.
+
+LRU: use order lives in memory (an OrderedDict); `last_used` is written to the index with the next
+mutation, on flush() and on close(), so after a crash the order is approximately the old one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 10 * 1024**3
+_INDEX = "index.json"
+_DATA = "data"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def hex_from_api(sha256_hash: str | None) -> str | None:
+    """The lower-case hex digest from a File's `sha256Hash`, which the API sends as base64 of the
+    hex string (and some clients as base64 of the 32 raw bytes); None if absent or unreadable."""
+    if not sha256_hash:
+        return None
+    try:
+        raw = base64.b64decode(sha256_hash, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) == 32:
+        return raw.hex()
+    text = raw.decode("ascii", "replace").lower()
+    return text if _HEX64.fullmatch(text) else None
+
+
+@dataclass
+class _Entry:
+    size: int
+    sha256_hex: str
+    expires_at: float | None
+    last_used: float
+    data: str  # file name under data/
+
+
+class ContentCache:
+    """Bytes of uploaded Files by File id, LRU-bounded by max_bytes, kept across remounts."""
+
+    def __init__(self, root: str, max_bytes: int, *, clock=time.time) -> None:
+        if max_bytes < 0:
+            raise ValueError("cache size must be 0 (off) or more")
+        self.root = root
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
+        self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()  # LRU first
+        self._bytes = 0  # sum of sizes in _entries
+        self._gen = 0  # bumped on every change that index.json should record
+        self._saved_gen = 0  # guarded by _save_lock
+        self._lock_fd = -1
+        self.enabled = False
+        if max_bytes == 0:
+            return
+        self._data_dir = os.path.join(root, _DATA)
+        for d in (root, self._data_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        fd = os.open(os.path.join(root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            log.warning("content cache %s is in use by another gemfs process: running without a cache", root)
+            return
+        self._lock_fd = fd
+        self.enabled = True
+        self._load()
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        index_path = os.path.join(self.root, _INDEX)
+        try:
+            with open(index_path) as f:
+                raw = json.load(f)
+            items = raw["entries"]
+            if not isinstance(items, dict):
+                raise ValueError("entries is not an object")
+        except FileNotFoundError:
+            items = {}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("content cache index %s is unreadable (%s): starting empty", index_path, e)
+            items = {}
+        loaded: list[tuple[str, _Entry]] = []
+        seen: set[str] = set()
+        for file_id, fields in items.items():
+            try:
+                entry = _Entry(int(fields["size"]), str(fields["sha256_hex"]),
+                               None if fields.get("expires_at") is None else float(fields["expires_at"]),
+                               float(fields["last_used"]), str(fields["data"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if os.sep in entry.data or entry.data.startswith(".") or entry.data in seen:
+                continue
+            seen.add(entry.data)
+            try:
+                st = os.stat(os.path.join(self._data_dir, entry.data))
+            except FileNotFoundError:
+                continue
+            if st.st_size != entry.size:
+                continue
+            loaded.append((file_id, entry))
+        loaded.sort(key=lambda item: item[1].last_used)
+        for file_id, entry in loaded:
+            self._entries[file_id] = entry
+            self._bytes += entry.size
+        dropped = len(items) - len(loaded)
+        named = {e.data for e in self._entries.values()}
+        for name in os.listdir(self._data_dir):
+            if name not in named:
+                _unlink(os.path.join(self._data_dir, name))
+        self._gen += 1
+        expired = self.expire()  # saves
+        with self._lock:
+            victims = self._evict_locked(0)
+        self._unlink_all(victims)
+        self._save()
+        if dropped or expired or victims:
+            log.info("content cache %s: dropped %d broken, %d expired, %d over size", self.root,
+                     dropped, expired, len(victims))
+
+    # -- the entries -----------------------------------------------------------------------------
+
+    def adopt(self, file_id: str, path: str, *, size: int, sha256_hex: str,
+              expires_at: float | None) -> bool:
+        """Take the staged file at `path` as the bytes of `file_id` (see the module docstring)."""
+        if not self.enabled or size > self.max_bytes:
+            return False
+        name = f"{secrets.token_hex(6)}-{_UNSAFE.sub('_', file_id)[-80:]}"
+        target = os.path.join(self._data_dir, name)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            log.warning("not caching %s: %s", file_id, e.strerror or e)
+            return False
+        if st.st_size != size:
+            log.warning("not caching %s: %d bytes on disk, %d uploaded", file_id, st.st_size, size)
+            return False
+        copied = False
+        try:
+            os.rename(path, target)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                log.warning("not caching %s: %s", file_id, e.strerror or e)
+                return False
+            if not self._copy_in(path, target):
+                return False
+            copied = True
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o600)
+                os.fsync(fd)  # whole on disk before the index may name it
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("not caching %s: %s", file_id, e.strerror or e)
+            if copied:
+                _unlink(target)
+            else:
+                os.rename(target, path)  # give it back: False means `path` is as it was
+            return False
+        if copied:
+            _unlink(path)
+        entry = _Entry(size, sha256_hex.lower(), expires_at, self._clock(), name)
+        with self._lock:
+            old = self._entries.pop(file_id, None)
+            self._entries[file_id] = entry
+            self._bytes += size - (old.size if old else 0)
+            victims = self._evict_locked(0)
+            victims += [old] if old else []
+            self._gen += 1
+        self._unlink_all(victims)
+        self._save()
+        return True
+
+    def _copy_in(self, path: str, target: str) -> bool:
+        tmp = os.path.join(self._data_dir, f".tmp-{secrets.token_hex(6)}")
+        try:
+            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                with os.fdopen(src, "rb", closefd=False) as fin, os.fdopen(dst, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+            finally:
+                os.close(src)
+            os.rename(tmp, target)
+            return True
+        except OSError as e:
+            _unlink(tmp)
+            log.warning("not caching %s: copy failed: %s", path, e.strerror or e)
+            return False
+
+    def open(self, file_id: str) -> int | None:
+        """A read-only fd on the entry's bytes (the caller closes it), or None; marks it used.
+        The fd stays readable if the entry is evicted or dropped meanwhile."""
+        opened = self._open_entry(file_id)
+        return None if opened is None else opened[0]
+
+    def _open_entry(self, file_id: str) -> tuple[int, _Entry] | None:
+        if not self.enabled:
+            return None
+        with self._lock:
+            entry = self._entries.get(file_id)
+            if entry is None:
+                return None
+            try:
+                fd = os.open(os.path.join(self._data_dir, entry.data), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                log.warning("cached bytes of %s are gone (%s): dropping the entry", file_id, e.strerror)
+                self._remove_locked(file_id)
+                return None
+            entry.last_used = self._clock()
+            self._entries.move_to_end(file_id)
+            return fd, entry
+
+    def contains(self, file_id: str) -> bool:
+        with self._lock:
+            return file_id in self._entries
+
+    def size_of(self, file_id: str) -> int | None:
+        with self._lock:
+            entry = self._entries.get(file_id)
+            return None if entry is None else entry.size
+
+    def drop(self, file_id: str) -> bool:
+        """Forget a File's bytes (it was deleted or replaced); True if there were any."""
+        if not self.enabled:
+            return False
+        with self._lock:
+            entry = self._remove_locked(file_id)
+        if entry is None:
+            return False
+        self._unlink_all([entry])
+        self._save()
+        return True
+
+    def expire(self) -> int:
+        """Drop entries whose File has expired by now; returns how many."""
+        if not self.enabled:
+            return 0
+        now = self._clock()
+        with self._lock:
+            gone = [fid for fid, e in self._entries.items() if e.expires_at is not None and e.expires_at <= now]
+            victims = [self._remove_locked(fid) for fid in gone]
+        self._unlink_all(victims)
+        if victims:
+            self._save()
+        return len(victims)
+
+    def retain(self, live: dict[str, str | None]) -> int:
+        """After a full listing (File id -> its sha256 as hex, or None if the listing has none):
+        drop entries whose File is gone or whose bytes are not the File's. Returns how many."""
+        if not self.enabled:
+            return 0
+        with self._lock:
+            gone = []
+            for fid, e in self._entries.items():
+                if fid not in live:
+                    gone.append(fid)
+                elif live[fid] is not None and live[fid].lower() != e.sha256_hex:
+                    log.warning("cached bytes of %s differ from the File's sha256Hash: dropped", fid)
+                    gone.append(fid)
+            victims = [self._remove_locked(fid) for fid in gone]
+        self._unlink_all(victims)
+        if victims:
+            self._save()
+        return len(victims)
+
+    def verify(self, file_id: str) -> bool:
+        """Re-hash an entry (outside the lock) against its recorded sha256; a mismatch drops it.
+        False also if there is no entry."""
+        opened = self._open_entry(file_id)
+        if opened is None:
+            return False
+        fd, entry = opened
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            pass
+        if digest.hexdigest() == entry.sha256_hex:
+            return True
+        log.warning("cached bytes of %s do not match their sha256: dropped", file_id)
+        with self._lock:
+            victim = self._entries.get(file_id)
+            if victim is entry:  # not re-adopted meanwhile
+                self._remove_locked(file_id)
+            else:
+                victim = None
+        if victim is not None:
+            self._unlink_all([victim])
+            self._save()
+        return False
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes,
+                    "max_bytes": self.max_bytes, "enabled": self.enabled}
+
+    def flush(self) -> None:
+        """Write the index now, so last-used times survive a crash."""
+        if self.enabled:
+            with self._lock:
+                self._gen += 1
+            self._save()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.flush()
+        with self._lock:
+            self.enabled = False
+        os.close(self._lock_fd)
+        self._lock_fd = -1
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _remove_locked(self, file_id: str) -> _Entry | None:
+        entry = self._entries.pop(file_id, None)
+        if entry is not None:
+            self._bytes -= entry.size
+            self._gen += 1
+        return entry
+
+    def _evict_locked(self, room: int) -> list[_Entry]:
+        """Remove least-recently-used entries until `room` more bytes fit; returns them."""
+        victims = []
+        while self._entries and self._bytes + room > self.max_bytes:
+            fid = next(iter(self._entries))
+            victims.append(self._remove_locked(fid))
+            log.debug("content cache: evicted %s", fid)
+        return victims
+
+    def _unlink_all(self, entries) -> None:
+        for entry in entries:
+            if entry is not None:
+                _unlink(os.path.join(self._data_dir, entry.data))
+
+    def _save(self) -> None:
+        with self._save_lock:
+            with self._lock:
+                if self._gen == self._saved_gen or self._lock_fd < 0:
+                    return
+                gen = self._gen
+                payload = {"version": 1,
+                           "entries": {fid: asdict(e) for fid, e in self._entries.items()}}
+            path = os.path.join(self.root, _INDEX)
+            tmp = f"{path}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(payload, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                _fsync_dir(self.root)
+            except OSError as e:
+                log.warning("could not write the content cache index %s: %s", path, e.strerror or e)
+                return
+            self._saved_gen = gen
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
