@@ -31,6 +31,7 @@ file's own upload and the deletes of the Files it retires.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import logging
 import os
@@ -44,6 +45,7 @@ import cachetools
 from mfusepy import Operations, fuse_get_context
 
 from gemfs import mime, procinfo, sidecar, tempnames
+from gemfs.cache import hex_from_api
 from gemfs.catalog import Catalog, DirNode, FileNode, Path, split_path
 from gemfs.errors import GemfsError, fuse_op
 from gemfs.model import FileRecord
@@ -114,6 +116,8 @@ class Pending:
     uploaded: FileRecord | None = None  # file lock: the File that holds its bytes now
     digest: str | None = None  # file lock: SHA-256 (hex) of the uploaded bytes
     unlinked: bool = False  # mount lock: removed from the tree; never uploaded again
+    hold: int | None = None  # file lock: its row in the state store's held journal (durable)
+    settling: bool = False  # mount lock: its last handle is gone and its bytes are being settled
     mtime: float = field(default_factory=time.time)  # one float: read without a lock
 
     @property
@@ -629,11 +633,16 @@ class GemFS(Operations):
     def open(self, path: str, flags: int) -> int:
         parts = split_path(path)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
-        with self._lock:
-            pending = self._pending.get(parts)
-            if pending is not None:
-                pending.handles += 1
-                fh = self._new_handle(pending)
+        while True:
+            with self._lock:
+                pending = self._pending.get(parts)
+                if pending is not None and not pending.settling:
+                    pending.handles += 1
+                    fh = self._new_handle(pending)
+            if pending is None or not pending.settling:
+                break
+            with pending.lock:  # _settle holds it until the File is in the cache or gone
+                pass
         if pending is not None:
             if writing and (flags & os.O_TRUNC):
                 # Never under self._lock: an upload holds pending.lock for its whole length.
@@ -775,7 +784,7 @@ class GemFS(Operations):
     @fuse_op
     def flush(self, path: str, fh: int) -> int:
         obj = self._handle(fh)
-        if not isinstance(obj, Pending) or obj.kind != "upload" or not (obj.dirty or obj.error):
+        if not isinstance(obj, Pending) or obj.kind == "local" or not (obj.dirty or obj.error):
             return 0  # (dirty and kind are hints here; _upload reads them under the lock)
         pid = _caller()
         if pid > 0 and procinfo.dying_of_signal(pid):
@@ -789,7 +798,7 @@ class GemFS(Operations):
             return 0
         if self._another_writer(obj, pid):
             return 0  # the last writer's close uploads it
-        self._upload(obj)
+        self._upload(obj, durable=True)
         return 0
 
     def _another_writer(self, p: Pending, pid: int) -> bool:
@@ -824,13 +833,14 @@ class GemFS(Operations):
 
     def _settle(self, p: Pending) -> None:
         """The last handle of a written file is gone: its uploaded bytes become the cache entry
-        of their File (a rename, no copy), and the file stops being pending."""
+        of their File (a rename, no copy), and the file stops being pending. It stays in
+        `_pending` until the cache has it, so a stat meanwhile never sees an unreadable File
+        (the kernel would keep that mode for --attr-timeout); an open meanwhile waits."""
         with p.lock:
             with self._lock:
-                if self._pending.get(p.path) is p and p.handles == 0:
-                    del self._pending[p.path]
-                elif p.handles:
+                if p.handles:
                     return  # opened again meanwhile
+                p.settling = True
             if p.dirty and p.error is None and not p.unlinked:
                 log.warning("%s: closed without being uploaded", "/".join(p.path))
             kept = False
@@ -843,6 +853,9 @@ class GemFS(Operations):
                 p.staged.disown()
             else:
                 p.staged.discard()
+            with self._lock:
+                if self._pending.get(p.path) is p:
+                    del self._pending[p.path]
 
     def _forget(self, p: Pending) -> None:
         """Drop a pending file and its staged bytes."""
@@ -864,7 +877,7 @@ class GemFS(Operations):
                 return
             if kind == "held" and not self._draining_now():
                 if durable:
-                    os.fsync(p.staged.fd)
+                    self._journal(p, parts)
                 return
             display = "/".join(parts)
             mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
@@ -887,9 +900,11 @@ class GemFS(Operations):
             finally:
                 with self._lock:
                     self._uploads.pop(id(p), None)
+            if p.hold is not None and self.state is not None:
+                self.state.update_hold(p.hold, uploaded_id=record.id)
             p.dirty = False
             retired, p.replaces = p.replaces, [record]
-            p.uploaded, p.digest = record, getattr(self.remote, "last_digest", lambda _r: None)(record)
+            p.uploaded, p.digest = record, self._verified_digest(p.staged.fd, size, record)
             self.catalog.add_uploaded(record)
             if self.state is not None:
                 self.state.set_mtime(record.id, int(p.mtime * 1e9))
@@ -897,8 +912,90 @@ class GemFS(Operations):
         for old in retired:
             if old.id != record.id:
                 self._delete_remote(old, quiet=True)
+        self._release_hold(p)
         if self.wait_active:
             self._wait_active(record)
+
+    def _journal(self, p: Pending, parts: Path) -> None:
+        """Make a held file durable (caller holds p.lock): its bytes move into the state store's
+        held directory (a rename: the open descriptor stays valid) and a journal row says what
+        it will become, so a daemon crash before its rename or unmount loses nothing: the next
+        mount of the project finishes it (recover_held)."""
+        if self.state is None:
+            os.fsync(p.staged.fd)
+            return
+        display = "/".join(parts)
+        replaces = [r.id for r in p.replaces]
+        if p.hold is None:
+            p.staged.path = self.state.adopt_held(p.staged.path)
+            p.hold = self.state.hold(p.staged.path, display, replaces, int(p.mtime * 1e9))
+        else:
+            self.state.update_hold(p.hold, display_name=display, replaces_ids=replaces,
+                                   mtime_ns=int(p.mtime * 1e9), data_changed=True)
+
+    def _release_hold(self, p: Pending) -> None:
+        """The journal row of a held file is done with (uploaded, or unlinked). The bytes stay:
+        they are still the staged file's, which settles or discards them itself."""
+        with p.lock:
+            row, p.hold = p.hold, None
+        if row is not None and self.state is not None:
+            self.state.release_hold(row, keep_file=True)
+
+    def recover_held(self) -> int:
+        """At mount: finish the held files of a daemon of this project that died (crash, kill -9)
+        before their rename or unmount: upload each under the name it was to take (or finish
+        retiring what it replaces, when its upload had happened). Returns how many."""
+        if self.state is None:
+            return 0
+        done = 0
+        for hold in self.state.recover():
+            try:
+                if hold.uploaded_id is None:
+                    fd = os.open(hold.path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        size = os.fstat(fd).st_size
+                        name = hold.display_name.rsplit("/", 1)[-1]
+                        mime_type = mime.guess(name, os.pread(fd, mime.SNIFF_BYTES, 0))
+                        record = self.remote.upload(fd, size, hold.display_name, mime_type)
+                    finally:
+                        os.close(fd)
+                    self.state.update_hold(hold.row, uploaded_id=record.id)
+                    self.catalog.add_uploaded(record)
+                    if hold.mtime_ns is not None:
+                        self.state.set_mtime(record.id, hold.mtime_ns)
+                    log.info("recovered held file %s as %s", hold.display_name, record.name)
+                for file_id in hold.replaces_ids:
+                    try:
+                        self.remote.delete(file_id)
+                        self.catalog.mark_deleted(file_id)
+                    except GemfsError as e:
+                        log.error("could not delete the replaced File files/%s: %s", file_id, e)
+                self.state.release_hold(hold.row)
+                done += 1
+            except (GemfsError, OSError) as e:
+                log.error("could not recover held file %s: %s (kept for the next mount)",
+                          hold.display_name, e)
+        return done
+
+    def _verified_digest(self, fd: int, size: int, record: FileRecord) -> str | None:
+        """The SHA-256 (hex) of the bytes just uploaded when it matches the File's `sha256Hash`,
+        else None (then the bytes are not cached: what is here is not what the API holds)."""
+        if self.cache is None:
+            return None
+        expected = hex_from_api(record.api.get("sha256Hash"))
+        digest = hashlib.sha256()
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(IO_BLOCK * 8, size - offset), offset)
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
+        local = digest.hexdigest()
+        if expected is not None and expected != local:
+            log.error("%s: the API's sha256Hash differs from the bytes sent; not cached", record.name)
+            return None
+        return local
 
     def _draining_now(self) -> bool:
         with self._lock:
@@ -952,6 +1049,7 @@ class GemFS(Operations):
                     idle = pending.handles == 0
                 if idle:
                     pending.staged.discard()
+            self._release_hold(pending)
             for record in remote:
                 self._delete_remote(record)
             return 0
@@ -977,6 +1075,7 @@ class GemFS(Operations):
         if pending is not None:
             with pending.lock:
                 remote, pending.replaces = list(pending.replaces), []
+            self._release_hold(pending)
             for record in remote:
                 self._delete_remote(record)
             return 0
@@ -1027,6 +1126,7 @@ class GemFS(Operations):
                 del self._pending[dst]
             if self._pending.get(src) is pending:
                 del self._pending[src]
+            old_kind = pending.kind
             pending.path, pending.kind = dst, kind
             self._pending[dst] = pending
             idle = pending.handles == 0
@@ -1042,13 +1142,31 @@ class GemFS(Operations):
                 pending.dirty = True
             if isinstance(target, FileNode):
                 pending.replaces.append(target.record)
+            if pending.hold is not None:
+                self._journal(pending, dst)  # a crash from here on finishes the rename
         if idle and kind == "upload":
             # A closed temp file renamed to its final name: this is its one upload.
             try:
                 self._upload(pending)
-            finally:
-                self._settle_if_idle(pending)
+            except BaseException:
+                self._unrename(pending, src, dst, target, old_kind)
+                raise
+            self._settle_if_idle(pending)
         return 0
+
+    def _unrename(self, p: Pending, src: Path, dst: Path, target, kind: str) -> None:
+        """A rename whose upload failed did not happen: the file is back at its old name, held as
+        before, and whatever was at the target stays."""
+        with self._lock:
+            if self._pending.get(dst) is p and src not in self._pending:
+                del self._pending[dst]
+                p.path, p.kind = src, kind
+                self._pending[src] = p
+        with p.lock:
+            if isinstance(target, FileNode) and target.record in p.replaces:
+                p.replaces.remove(target.record)
+            if p.hold is not None:
+                self._journal(p, p.path)
 
     def _settle_if_idle(self, p: Pending) -> None:
         with self._lock:

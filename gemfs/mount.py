@@ -50,6 +50,10 @@ class MountOptions:
     retry_deadline: float = 60.0
     request_timeout: float = 120.0
     attr_timeout: float = 1.0
+    cache_size: int = 10 * GB
+    cache_dir: str | None = None
+    state_dir: str | None = None
+    wait_active: bool = False
     server_args: tuple[str, ...] = ()
 
 
@@ -202,6 +206,8 @@ def _serve(opts: MountOptions, ready, fail) -> int:
     from gemfs.fs import GemFS
     from gemfs.remote import Remote
     from gemfs.staging import StagingArea
+    from gemfs.cache import ContentCache
+    from gemfs.state import StateStore
 
     server = None
     staging = None
@@ -225,6 +231,11 @@ def _serve(opts: MountOptions, ready, fail) -> int:
                               quota_left=lambda: opts.quota - catalog.used_bytes())
         if staging.swept:
             log.info("swept %d stale staging directories", staging.swept)
+        project = registry.project_key(
+            f"local:{os.path.realpath(server.data_dir)}" if server else f"{remote.base_url}\0{api_key}")
+        cache = ContentCache(os.path.join(opts.cache_dir or os.path.join(registry.cache_dir(), "cache"),
+                                          project), opts.cache_size)
+        state = StateStore(os.path.join(opts.state_dir or registry.state_dir(), project))
     except (MountError, RuntimeError, OSError) as e:
         fail(str(e))
         if server:
@@ -244,8 +255,13 @@ def _serve(opts: MountOptions, ready, fail) -> int:
         ready()
 
     fs = GemFS(remote, catalog, staging, quota=opts.quota, show_meta=opts.show_meta,
-               read_only=opts.read_only, attr_timeout=opts.attr_timeout, on_ready=on_ready)
+               read_only=opts.read_only, attr_timeout=opts.attr_timeout,
+               cache=cache if cache.enabled else None, state=state,
+               wait_active=opts.wait_active, on_ready=on_ready)
     fs.mountpoint = opts.mountpoint
+    recovered = fs.recover_held()
+    if recovered:
+        log.info("finished %d held file(s) left by a daemon that died", recovered)
     stop_status = threading.Event()
     threading.Thread(target=_status_loop, args=(opts.mountpoint, entry, fs, live, stop_status),
                      daemon=True, name="gemfs-status").start()
@@ -267,6 +283,8 @@ def _serve(opts: MountOptions, ready, fail) -> int:
         fs.drain()
         fs.upload_held()
         staging.close()
+        cache.close()
+        state.close()
         registry.remove(opts.mountpoint)
         if server:
             server.stop()

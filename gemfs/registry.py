@@ -26,6 +26,12 @@ def cache_dir() -> str:
     return os.path.join(base, "gemfs")
 
 
+def project_key(identity: str) -> str:
+    """A file-name-safe key for one project's local state and cache. `identity` holds the API key
+    (or the embedded server's data dir); only a hash of it is ever written anywhere."""
+    return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def canonical(mountpoint: str) -> str:
     """The mount point with symlinks resolved in its parent only: touching the mount point itself
     from inside the daemon (e.g. during FUSE init) would wait on the mount being set up."""
