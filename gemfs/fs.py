@@ -203,6 +203,7 @@ class GemFS(Operations):
         # attributes, so fstat through an open descriptor still answers.
         self._hidden: dict[Path, dict] = {}
         self._draining = False  # mount lock
+        self._recent: dict[str, float] = {}  # mount lock: File id -> when this mount uploaded it
         self._fresh_lock = threading.Lock()  # guards _fresh and _fetching
         self._fresh: cachetools.TTLCache = cachetools.TTLCache(4096, FRESH_SECONDS, timer=clock)
         self._fetching: dict[str, threading.Event] = {}
@@ -254,6 +255,20 @@ class GemFS(Operations):
             except GemfsError as e:
                 log.error("could not upload %s at unmount: %s", "/".join(p.path), e)
             self._forget(p)
+
+    def reconcile(self, records: list[FileRecord], started: float) -> None:
+        """A full listing whose fetch began at `started` came in: the cache and the state store
+        keep only Files that are still there (and whose sha256Hash still matches), plus what
+        this mount uploaded since the fetch began, which the listing may not show yet."""
+        with self._lock:
+            self._recent = {i: t for i, t in self._recent.items() if t >= started - 3600}
+            recent = {i for i, t in self._recent.items() if t >= started}
+        live = {r.id: hex_from_api(r.api.get("sha256Hash")) for r in records}
+        if self.cache is not None:
+            self.cache.expire()
+            self.cache.retain({**live, **{i: None for i in recent if i not in live}})
+        if self.state is not None:
+            self.state.retain(set(live) | recent)
 
     # -- resolution -----------------------------------------------------------------------------
 
@@ -906,6 +921,8 @@ class GemFS(Operations):
             retired, p.replaces = p.replaces, [record]
             p.uploaded, p.digest = record, self._verified_digest(p.staged.fd, size, record)
             self.catalog.add_uploaded(record)
+            with self._lock:
+                self._recent[record.id] = time.time()
             if self.state is not None:
                 self.state.set_mtime(record.id, int(p.mtime * 1e9))
             log.info("uploaded %s as %s (%d bytes, %s)", display, record.name, size, mime_type)

@@ -223,7 +223,17 @@ def _serve(opts: MountOptions, ready, fail) -> int:
             first, more = remote.list_page(deadline=min(opts.retry_deadline, 10.0))
         except Exception as e:
             raise MountError(_describe_check_failure(e, remote.base_url)) from e
-        catalog = Catalog(remote.list_all, ttl=opts.list_ttl)
+        fs_ref: list = []
+
+        def listing():
+            # A full listing also tells the cache and state store which Files are gone.
+            started = time.time()
+            records = remote.list_all()
+            if fs_ref:
+                fs_ref[0].reconcile(records, started)
+            return records
+
+        catalog = Catalog(listing, ttl=opts.list_ttl)
         if not more:
             catalog.install(first, time.time())
         staging_root = opts.staging_dir or os.path.join(registry.cache_dir(), "staging")
@@ -259,6 +269,7 @@ def _serve(opts: MountOptions, ready, fail) -> int:
                cache=cache if cache.enabled else None, state=state,
                wait_active=opts.wait_active, on_ready=on_ready)
     fs.mountpoint = opts.mountpoint
+    fs_ref.append(fs)
     recovered = fs.recover_held()
     if recovered:
         log.info("finished %d held file(s) left by a daemon that died", recovered)

@@ -17,20 +17,47 @@ from tests.mount.conftest import KEY, Mount, gemfs_cmd, in_mount_table, wait_for
 from tests.mount.test_copy import assert_uploaded, remote_files, shlex
 
 
-def test_cat_of_uploaded_file_is_permission_denied(mount, tmp_path):
-    (tmp_path / "a.txt").write_bytes(b"secret")
-    mount.sh(f"cp {shlex(tmp_path / 'a.txt')} ./")
+def upload_elsewhere(sdk, name: str, data: bytes) -> None:
+    """A File another client uploaded: its bytes are not on this machine."""
+    sdk.files.upload(file=io.BytesIO(data), config={"display_name": name, "mime_type": "text/plain"})
+
+
+def test_cat_of_file_uploaded_elsewhere_is_permission_denied(mount, sdk):
+    upload_elsewhere(sdk, "a.txt", b"secret")
+    wait_for(lambda: (mount.path / "a.txt").exists(), timeout=10)
     assert oct(os.stat(mount.path / "a.txt").st_mode & 0o777) == "0o200"
     proc = mount.sh("cat a.txt", check=False)
     assert proc.returncode != 0 and "Permission denied" in proc.stderr
 
 
-def test_mv_of_uploaded_file_is_not_permitted(mount, sdk, tmp_path):
-    (tmp_path / "a.txt").write_bytes(b"stay")
-    mount.sh(f"cp {shlex(tmp_path / 'a.txt')} ./")
+def test_own_files_read_back_from_the_cache(mount, tmp_path):
+    data = os.urandom(3 << 20)
+    (tmp_path / "a.bin").write_bytes(data)
+    mount.sh(f"cp {shlex(tmp_path / 'a.bin')} ./ && cmp {shlex(tmp_path / 'a.bin')} a.bin")
+    assert oct(os.stat(mount.path / "a.bin").st_mode & 0o777) == "0o644"
+    mount.sh(f"cp a.bin {shlex(tmp_path / 'back.bin')}")
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_mv_of_file_uploaded_elsewhere_is_not_permitted(mount, sdk):
+    upload_elsewhere(sdk, "a.txt", b"stay")
+    wait_for(lambda: (mount.path / "a.txt").exists(), timeout=10)
     proc = mount.sh("mv a.txt b.txt", check=False)
     assert proc.returncode != 0 and "Operation not permitted" in proc.stderr
     assert set(remote_files(sdk)) == {"a.txt"}
+
+
+def test_mv_of_own_file_uploads_it_under_the_new_name(mount, sdk, admin, tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"move me")
+    mount.sh(f"cp {shlex(tmp_path / 'a.txt')} ./")
+    before = {f.display_name: f.name for f in sdk.files.list()}
+    admin.reset_stats()
+    mount.sh("mv a.txt b.txt && cat b.txt > /dev/null")
+    stats = admin.stats()
+    assert stats.get("upload_finalize") == 1 and stats.get("delete") == 1
+    assert set(remote_files(sdk)) == {"b.txt"}
+    assert (mount.path / "b.txt").read_bytes() == b"move me"
+    assert {f.name for f in sdk.files.list()}.isdisjoint({before["a.txt"]})
 
 
 def test_sidecars_are_read_only_and_hidden(mount, tmp_path):
