@@ -20,17 +20,20 @@ Public API (all methods are thread-safe):
       .close() -> None
 
 On disk, under `root` (per project; the caller derives it): `lock` (an flock held for the cache's
-life), `index.json` (file_id -> size, sha256_hex, expires_at, last_used, data name; replaced
-atomically: temp file, fsync, rename, fsync of the directory) and `data/` (one file per entry,
-with a name unique to that adoption, so an unlink done after the lock was released can never hit
-a newer entry of the same File). Directories are 0700, files 0600.
+life), `index.db` (SQLite in WAL mode, one row per entry: file_id, size, sha256_hex, expires_at,
+last_used, data file name; each change is one transaction, so a change costs O(1) however many
+entries there are) and `data/` (one file per entry, with a name unique to that adoption, so an
+unlink done after the lock was released can never hit a newer entry of the same File).
+Directories are 0700, files 0600.
 
 adopt() contract: True means the cache owns the bytes and nothing is left at `path`; False means
 `path` was not touched and the caller discards it. The staged file is moved by `os.rename` (open
 fds on it stay valid); if the staging dir is on another file system (EXDEV) the bytes are copied
 to a temp file in `data/` and then `path` is unlinked, so a custom `--staging-dir` still gets
-read-your-writes. The data file is fsynced before the index names it, so after a power loss an
-entry is either absent or whole. A file bigger than max_bytes is not kept (False). The caller
+read-your-writes. The data file is fsynced before the index names it, and the index row is
+committed before adopt() returns (synchronous=NORMAL: a daemon crash loses no row; a power loss
+may lose the last rows, whose data files are then removed as strays), so an entry is never named
+with bytes that are not whole on disk. A file bigger than max_bytes is not kept (False). The caller
 adopts only bytes that will not be written again through an fd it still holds: the entry is what
 was uploaded. With a `staging.StagedFile` the sequence is:
 
@@ -48,13 +51,15 @@ files the index does not name are removed, expired entries are dropped and the t
 max_bytes. If another live process holds `root/lock`, this cache runs disabled (every call a miss
 or a no-op, adopt False) and says so in one log line: two daemons never write one index.
 
-Locks, in the order they are taken: `_save_lock` (serialises writers of index.json and guards
-`_saved_gen`) before `_lock` (guards `_entries`, `_bytes`, `_gen`). Under `_lock` only metadata
-system calls happen (open, rename, unlink, stat); copying, hashing, fsync and index writes run
-outside it.
+Locks: one, `_lock`, guards `_entries` (the LRU order), `_bytes`, `_touched` and the index
+connection; nothing else is taken under it. Under it only metadata work happens: opening a data
+file, the index transaction (no fsync at commit in WAL mode with synchronous=NORMAL; an
+occasional automatic checkpoint may sync) and nothing else; the rename or copy of adopt(), the
+fsync of data, hashing and the unlink of removed data files run outside it, and a data file is
+unlinked only after the index stopped naming it.
 
-LRU: use order lives in memory (an OrderedDict); `last_used` is written to the index with the next
-mutation, on flush() and on close(), so after a crash the order is approximately the old one.
+LRU: the use order lives in memory (an OrderedDict); `last_used` is written to the index with the
+next change, on flush() and on close(), so after a crash the order is approximately the old one.
 """
 
 from __future__ import annotations
@@ -65,20 +70,28 @@ import collections
 import errno
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 10 * 1024**3
-_INDEX = "index.json"
+_INDEX = "index.db"
+_SCHEMA = """CREATE TABLE IF NOT EXISTS entries (
+    file_id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    sha256_hex TEXT NOT NULL,
+    expires_at REAL,
+    last_used REAL NOT NULL,
+    data TEXT NOT NULL
+)"""
 _DATA = "data"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -118,11 +131,10 @@ class ContentCache:
         self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
-        self._save_lock = threading.Lock()
         self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()  # LRU first
         self._bytes = 0  # sum of sizes in _entries
-        self._gen = 0  # bumped on every change that index.json should record
-        self._saved_gen = 0  # guarded by _save_lock
+        self._touched: set[str] = set()  # ids whose last_used the index has not recorded yet
+        self._db: sqlite3.Connection | None = None
         self._lock_fd = -1
         self.enabled = False
         if max_bytes == 0:
@@ -146,56 +158,61 @@ class ContentCache:
 
     # -- opening ---------------------------------------------------------------------------------
 
+    def _connect(self) -> list[tuple]:
+        """Open the index (recreating it if unreadable) and return its rows."""
+        path = os.path.join(self.root, _INDEX)
+        for attempt in (1, 2):
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # sqlite keeps the mode
+            os.chmod(path, 0o600)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(_SCHEMA)
+                rows = db.execute("SELECT file_id, size, sha256_hex, expires_at, last_used, data"
+                                  " FROM entries ORDER BY last_used").fetchall()
+            except sqlite3.DatabaseError as e:
+                db.close()
+                if attempt == 2:
+                    raise
+                log.warning("content cache index %s is unreadable (%s): starting empty", path, e)
+                for suffix in ("", "-wal", "-shm"):
+                    _unlink(path + suffix)
+                continue
+            self._db = db
+            return rows
+        raise AssertionError("unreachable")
+
     def _load(self) -> None:
-        index_path = os.path.join(self.root, _INDEX)
-        try:
-            with open(index_path) as f:
-                raw = json.load(f)
-            items = raw["entries"]
-            if not isinstance(items, dict):
-                raise ValueError("entries is not an object")
-        except FileNotFoundError:
-            items = {}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("content cache index %s is unreadable (%s): starting empty", index_path, e)
-            items = {}
-        loaded: list[tuple[str, _Entry]] = []
+        rows = self._connect()
         seen: set[str] = set()
-        for file_id, fields in items.items():
+        broken = []
+        for file_id, size, sha256_hex, expires_at, last_used, data in rows:
+            entry = _Entry(size, sha256_hex, expires_at, last_used, data)
             try:
-                entry = _Entry(int(fields["size"]), str(fields["sha256_hex"]),
-                               None if fields.get("expires_at") is None else float(fields["expires_at"]),
-                               float(fields["last_used"]), str(fields["data"]))
-            except (KeyError, TypeError, ValueError):
-                continue
-            if os.sep in entry.data or entry.data.startswith(".") or entry.data in seen:
-                continue
-            seen.add(entry.data)
-            try:
-                st = os.stat(os.path.join(self._data_dir, entry.data))
+                ok = (os.sep not in data and not data.startswith(".") and data not in seen
+                      and os.stat(os.path.join(self._data_dir, data)).st_size == size)
             except FileNotFoundError:
+                ok = False
+            if not ok:
+                broken.append(file_id)
                 continue
-            if st.st_size != entry.size:
-                continue
-            loaded.append((file_id, entry))
-        loaded.sort(key=lambda item: item[1].last_used)
-        for file_id, entry in loaded:
+            seen.add(data)
             self._entries[file_id] = entry
-            self._bytes += entry.size
-        dropped = len(items) - len(loaded)
-        named = {e.data for e in self._entries.values()}
+            self._bytes += size
         for name in os.listdir(self._data_dir):
-            if name not in named:
+            if name not in seen:
                 _unlink(os.path.join(self._data_dir, name))
-        self._gen += 1
-        expired = self.expire()  # saves
+        with self._lock:
+            self._write_locked(dels=broken)
+        expired = self.expire()
         with self._lock:
             victims = self._evict_locked(0)
+            self._write_locked(dels=[v[0] for v in victims])
         self._unlink_all(victims)
-        self._save()
-        if dropped or expired or victims:
+        if broken or expired or victims:
             log.info("content cache %s: dropped %d broken, %d expired, %d over size", self.root,
-                     dropped, expired, len(victims))
+                     len(broken), expired, len(victims))
 
     # -- the entries -----------------------------------------------------------------------------
 
@@ -246,10 +263,8 @@ class ContentCache:
             self._entries[file_id] = entry
             self._bytes += size - (old.size if old else 0)
             victims = self._evict_locked(0)
-            victims += [old] if old else []
-            self._gen += 1
-        self._unlink_all(victims)
-        self._save()
+            self._write_locked(puts=[(file_id, entry)], dels=[v[0] for v in victims])
+        self._unlink_all(victims + ([(file_id, old)] if old else []))
         return True
 
     def _copy_in(self, path: str, target: str) -> bool:
@@ -287,9 +302,11 @@ class ContentCache:
             except OSError as e:
                 log.warning("cached bytes of %s are gone (%s): dropping the entry", file_id, e.strerror)
                 self._remove_locked(file_id)
+                self._write_locked(dels=[file_id])
                 return None
             entry.last_used = self._clock()
             self._entries.move_to_end(file_id)
+            self._touched.add(file_id)
             return fd, entry
 
     def contains(self, file_id: str) -> bool:
@@ -307,10 +324,10 @@ class ContentCache:
             return False
         with self._lock:
             entry = self._remove_locked(file_id)
-        if entry is None:
-            return False
-        self._unlink_all([entry])
-        self._save()
+            if entry is None:
+                return False
+            self._write_locked(dels=[file_id])
+        self._unlink_all([(file_id, entry)])
         return True
 
     def expire(self) -> int:
@@ -320,10 +337,9 @@ class ContentCache:
         now = self._clock()
         with self._lock:
             gone = [fid for fid, e in self._entries.items() if e.expires_at is not None and e.expires_at <= now]
-            victims = [self._remove_locked(fid) for fid in gone]
+            victims = [(fid, self._remove_locked(fid)) for fid in gone]
+            self._write_locked(dels=gone)
         self._unlink_all(victims)
-        if victims:
-            self._save()
         return len(victims)
 
     def retain(self, live: dict[str, str | None]) -> int:
@@ -339,10 +355,9 @@ class ContentCache:
                 elif live[fid] is not None and live[fid].lower() != e.sha256_hex:
                     log.warning("cached bytes of %s differ from the File's sha256Hash: dropped", fid)
                     gone.append(fid)
-            victims = [self._remove_locked(fid) for fid in gone]
+            victims = [(fid, self._remove_locked(fid)) for fid in gone]
+            self._write_locked(dels=gone)
         self._unlink_all(victims)
-        if victims:
-            self._save()
         return len(victims)
 
     def verify(self, file_id: str) -> bool:
@@ -366,11 +381,11 @@ class ContentCache:
             victim = self._entries.get(file_id)
             if victim is entry:  # not re-adopted meanwhile
                 self._remove_locked(file_id)
+                self._write_locked(dels=[file_id])
             else:
                 victim = None
         if victim is not None:
-            self._unlink_all([victim])
-            self._save()
+            self._unlink_all([(file_id, victim)])
         return False
 
     def stats(self) -> dict:
@@ -379,18 +394,20 @@ class ContentCache:
                     "max_bytes": self.max_bytes, "enabled": self.enabled}
 
     def flush(self) -> None:
-        """Write the index now, so last-used times survive a crash."""
-        if self.enabled:
-            with self._lock:
-                self._gen += 1
-            self._save()
+        """Write the last-used times to the index now (they are otherwise written with the next
+        change), so the LRU order survives a crash."""
+        with self._lock:
+            if self.enabled:
+                self._write_locked()
 
     def close(self) -> None:
-        if not self.enabled:
-            return
-        self.flush()
         with self._lock:
+            if not self.enabled:
+                return
+            self._write_locked()
             self.enabled = False
+            self._db.close()
+            self._db = None
         os.close(self._lock_fd)
         self._lock_fd = -1
 
@@ -400,45 +417,49 @@ class ContentCache:
         entry = self._entries.pop(file_id, None)
         if entry is not None:
             self._bytes -= entry.size
-            self._gen += 1
+            self._touched.discard(file_id)
         return entry
 
-    def _evict_locked(self, room: int) -> list[_Entry]:
-        """Remove least-recently-used entries until `room` more bytes fit; returns them."""
+    def _evict_locked(self, room: int) -> list[tuple[str, _Entry]]:
+        """Remove least-recently-used entries until `room` more bytes fit; returns them. The
+        caller records the removal in the index."""
         victims = []
         while self._entries and self._bytes + room > self.max_bytes:
             fid = next(iter(self._entries))
-            victims.append(self._remove_locked(fid))
+            victims.append((fid, self._remove_locked(fid)))
             log.debug("content cache: evicted %s", fid)
         return victims
 
-    def _unlink_all(self, entries) -> None:
-        for entry in entries:
-            if entry is not None:
-                _unlink(os.path.join(self._data_dir, entry.data))
+    def _unlink_all(self, victims) -> None:
+        """Unlink the data files of removed entries (after the index no longer names them)."""
+        for _, entry in victims:
+            _unlink(os.path.join(self._data_dir, entry.data))
 
-    def _save(self) -> None:
-        with self._save_lock:
-            with self._lock:
-                if self._gen == self._saved_gen or self._lock_fd < 0:
-                    return
-                gen = self._gen
-                payload = {"version": 1,
-                           "entries": {fid: asdict(e) for fid, e in self._entries.items()}}
-            path = os.path.join(self.root, _INDEX)
-            tmp = f"{path}.tmp"
+    def _write_locked(self, *, puts=(), dels=()) -> None:
+        """Record changes and pending last-used times in the index, in one transaction. A failed
+        write is logged and not raised: the in-memory entries stay right, and the worst a lost
+        index write does is drop entries (or keep a stray file until the next open)."""
+        if self._db is None:
+            return
+        touched = [(self._entries[fid].last_used, fid) for fid in self._touched if fid in self._entries]
+        self._touched.clear()
+        if not (puts or dels or touched):
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(payload, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                _fsync_dir(self.root)
-            except OSError as e:
-                log.warning("could not write the content cache index %s: %s", path, e.strerror or e)
-                return
-            self._saved_gen = gen
+                self._db.executemany("DELETE FROM entries WHERE file_id = ?", [(fid,) for fid in dels])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO entries (file_id, size, sha256_hex, expires_at, last_used, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(fid, e.size, e.sha256_hex, e.expires_at, e.last_used, e.data) for fid, e in puts])
+                self._db.executemany("UPDATE entries SET last_used = ? WHERE file_id = ?", touched)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.warning("could not write the content cache index in %s: %s", self.root, e)
 
 
 def _unlink(path: str) -> None:
@@ -446,11 +467,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

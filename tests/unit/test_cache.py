@@ -4,7 +4,7 @@ across reopen and crash, the single-owner lock, permissions, and thread safety."
 import base64
 import errno
 import hashlib
-import json
+import sqlite3
 import os
 import stat
 import subprocess
@@ -55,6 +55,14 @@ def read_all(c, file_id):
         return os.pread(fd, 1 << 20, 0)
     finally:
         os.close(fd)
+
+
+def index_rows(root):
+    db = sqlite3.connect(str(root / "index.db"))
+    try:
+        return {fid: data for fid, data in db.execute("SELECT file_id, data FROM entries")}
+    finally:
+        db.close()
 
 
 def new_cache(tmp_path, max_bytes=1000, clock=None):
@@ -254,18 +262,17 @@ def test_reopen_drops_broken_entries_and_stray_files(tmp_path):
     put(c, tmp_path, "files/fine", b"f" * 10)
     c.close()
     root = tmp_path / "cache" / "proj"
-    index = json.loads((root / "index.json").read_text())["entries"]
-    os.unlink(root / "data" / index["files/missing"]["data"])
-    with open(root / "data" / index["files/resized"]["data"], "ab") as f:
+    index = index_rows(root)
+    os.unlink(root / "data" / index["files/missing"])
+    with open(root / "data" / index["files/resized"], "ab") as f:
         f.write(b"more")
     (root / "data" / "stray").write_bytes(b"not in the index")
     (root / "data" / ".tmp-abc").write_bytes(b"half a copy")
     c2 = new_cache(tmp_path)
     assert c2.stats()["entries"] == 1 and read_all(c2, "files/fine") == b"f" * 10
-    assert sorted(os.listdir(root / "data")) == [index["files/fine"]["data"]]
+    assert sorted(os.listdir(root / "data")) == [index["files/fine"]]
     c2.close()
-    saved = json.loads((root / "index.json").read_text())["entries"]
-    assert list(saved) == ["files/fine"]
+    assert list(index_rows(root)) == ["files/fine"]
 
 
 def test_reopen_applies_expiry_and_a_smaller_size(tmp_path):
@@ -288,7 +295,10 @@ def test_an_unreadable_index_starts_empty_and_cleans_up(tmp_path):
     put(c, tmp_path, "files/a", b"a")
     c.close()
     root = tmp_path / "cache" / "proj"
-    (root / "index.json").write_text("{not json")
+    for suffix in ("-wal", "-shm"):
+        if (root / f"index.db{suffix}").exists():
+            os.unlink(root / f"index.db{suffix}")
+    (root / "index.db").write_bytes(b"this is not a database" * 100)
     c2 = new_cache(tmp_path)
     assert c2.stats()["entries"] == 0 and os.listdir(root / "data") == []
 
@@ -341,7 +351,9 @@ def test_permissions_are_private(tmp_path):
     root = tmp_path / "cache" / "proj"
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(root) == 0o700 and mode(root / "data") == 0o700
-    assert mode(root / "index.json") == 0o600 and mode(root / "lock") == 0o600
+    assert mode(root / "lock") == 0o600
+    for name in ("index.db", "index.db-wal", "index.db-shm"):
+        assert mode(root / name) == 0o600, name
     for name in os.listdir(root / "data"):
         assert mode(root / "data" / name) == 0o600
 
@@ -375,20 +387,52 @@ def test_a_failed_rename_leaves_the_staged_file(tmp_path, monkeypatch):
     assert c.stats()["entries"] == 0
 
 
-def test_index_writes_are_atomic(tmp_path, monkeypatch):
-    """A failing index write leaves the previous index whole."""
+def test_flush_makes_the_lru_order_survive_a_crash(tmp_path):
+    root = tmp_path / "cache" / "proj"
+    for name in ("a", "b", "c"):
+        staged(tmp_path, name + ".part", name.encode() * 100)
+    code = f"""
+import os, hashlib
+from gemfs.cache import ContentCache
+t = [1000.0]
+c = ContentCache({str(root)!r}, 300, clock=lambda: t[0])
+for name in "abc":
+    data = name.encode() * 100
+    assert c.adopt("files/" + name, {str(tmp_path / "staging")!r} + "/" + name + ".part", size=100,
+                   sha256_hex=hashlib.sha256(data).hexdigest(), expires_at=None)
+    t[0] += 1
+os.close(c.open("files/a"))
+c.flush()
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    clock = Clock(2000)
+    c = ContentCache(str(root), 300, clock=clock)
+    put(c, tmp_path, "files/d", b"d" * 100)
+    assert not c.contains("files/b") and c.contains("files/a") and c.contains("files/c")
+
+
+def test_a_failing_index_write_is_logged_and_the_cache_goes_on(tmp_path, caplog):
     c = new_cache(tmp_path)
     put(c, tmp_path, "files/a", b"a")
-    root = tmp_path / "cache" / "proj"
-    before = (root / "index.json").read_text()
+    real = c._db
 
-    def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class Broken:
+        def execute(self, sql, *args):
+            if sql.startswith("BEGIN"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
 
-    monkeypatch.setattr(cache_mod.os, "replace", no_space)
-    put(c, tmp_path, "files/b", b"b")
-    assert (root / "index.json").read_text() == before
-    assert json.loads(before)["entries"].keys() == {"files/a"}
+    c._db = Broken()
+    with caplog.at_level("WARNING", logger="gemfs.cache"):
+        ok, _ = put(c, tmp_path, "files/b", b"b")
+    assert ok and read_all(c, "files/b") == b"b"
+    assert any("could not write the content cache index" in r.getMessage() for r in caplog.records)
+    c._db = real
+    c.close()
+    reopened = new_cache(tmp_path)  # b was never recorded: its data file is a stray, removed
+    assert reopened.contains("files/a") and not reopened.contains("files/b")
+    assert len(os.listdir(tmp_path / "cache" / "proj" / "data")) == 1
 
 
 def test_concurrent_adopt_open_drop_keep_the_books_straight(tmp_path):

@@ -276,3 +276,19 @@ def test_a_taken_over_hold_stays_safe_until_released(tmp_path):
     d = StateStore(store_dir(tmp_path))
     d.recover()
     assert os.listdir(os.path.join(store_dir(tmp_path), "held")) == [d.instance]
+
+
+def test_journal_writes_commit_with_full_sync_and_mtimes_with_normal(tmp_path):
+    s = StateStore(store_dir(tmp_path))
+    level = lambda: s._db.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+    s.set_mtime("files/a", 1)
+    assert level() == 1  # NORMAL: a daemon crash loses nothing, a power loss maybe the last mtimes
+    path = s.adopt_held(staged(tmp_path, "s.part", b"s"))
+    row = s.hold(path, "s", [], None)
+    assert level() == 2  # FULL: the WAL is synced at commit
+    s.set_mtime("files/b", 2)
+    s.update_hold(row, display_name="t")
+    assert level() == 2
+    s.forget("files/b")
+    s.release_hold(row)
+    assert level() == 2
