@@ -11,6 +11,8 @@ Where bytes go (docs/SEMANTICS.md):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import itertools
 import logging
@@ -361,6 +363,7 @@ class GemFS(Operations):
     @fuse_op
     def mkdir(self, path: str, mode: int) -> int:
         parts = new_name(path)
+        self._refuse_trash(parts)
         self._check_writable()
         if not self._dir_exists(parts[:-1]):
             raise GemfsError(errno.ENOENT)
@@ -650,7 +653,8 @@ class GemFS(Operations):
         raise GemfsError(errno.ENOENT)
 
     @fuse_op
-    def rename(self, old: str, new: str) -> int:
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self._check_rename_flags(new, flags)
         src, dst = split_path(old), new_name(new)
         self._check_writable()
         if not self._dir_exists(dst[:-1]):
@@ -711,3 +715,108 @@ class GemFS(Operations):
     @fuse_op
     def mknod(self, path: str, mode: int, dev: int) -> int:
         raise GemfsError(errno.EPERM, "only regular files can be uploaded")
+
+    # -- additive pieces: rename flags, no trash, extended attributes ---------------------------
+
+    def _check_rename_flags(self, new: str, flags: int) -> None:
+        """renameat2 flags, before anything changes (fuse_plus.py hands them over).
+
+        RENAME_EXCHANGE would need two atomic re-uploads and RENAME_WHITEOUT is for overlay
+        file systems: both EINVAL, as a file system that does not support them answers.
+        RENAME_NOREPLACE is honoured: EEXIST when anything is at the target.
+        """
+        if flags & ~RENAME_NOREPLACE:
+            raise GemfsError(errno.EINVAL, "renameat2 flags other than RENAME_NOREPLACE")
+        if flags & RENAME_NOREPLACE and self._exists(split_path(new)):
+            raise GemfsError(errno.EEXIST)
+
+    def _refuse_trash(self, parts: Path) -> None:
+        """No trash folder at the root: GIO (every GTK file manager) would make `.Trash-UID`,
+        upload `.trashinfo` files into it and then fail to move the File in (the API has no
+        rename). Refused, GIO offers to delete permanently instead, and nothing is uploaded."""
+        if len(parts) == 1 and TRASH_NAME.match(parts[0]):
+            raise GemfsError(errno.EPERM, "no trash on a gemfs mount")
+
+    def _fresh_record(self, record: FileRecord) -> FileRecord:
+        """The record to show for a File's metadata (xattrs). The same record for now; the
+        place where a File that is not ACTIVE yet gets refreshed."""
+        return record
+
+    def _xattrs(self, path: str) -> dict[str, bytes]:
+        """The extended attributes of a path: a File's metadata under `user.gemini.*`; none
+        for folders, sidecars and files still being written (they have no File yet)."""
+        parts = split_path(path)
+        if not parts:
+            return {}
+        with self._lock:
+            if parts in self._pending:
+                return {}
+        node = self.catalog.lookup(parts)
+        if isinstance(node, FileNode):
+            return record_xattrs(self._fresh_record(node.record))
+        if node is None and self._sidecar_record(parts) is None:
+            raise GemfsError(errno.ENOENT)
+        return {}
+
+    @fuse_op
+    def listxattr(self, path: str) -> list[str]:
+        return list(self._xattrs(path))
+
+    @fuse_op
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        attrs = self._xattrs(path)
+        if name in attrs:
+            return attrs[name]
+        if not name.startswith("user."):
+            # ENOTSUP, not ENODATA: ls -l asks for security.selinux and the POSIX ACLs of
+            # every file, and remembers ENOTSUP per device (one request instead of N).
+            raise GemfsError(errno.ENOTSUP)
+        raise GemfsError(errno.ENODATA)
+
+    @fuse_op
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._xattrs(path)  # ENOENT first
+        # ENOTSUP: cp -a and GIO's copy take it as "this file system keeps no xattrs" and go on.
+        raise GemfsError(errno.ENOTSUP, "extended attributes are read-only")
+
+    @fuse_op
+    def removexattr(self, path: str, name: str) -> int:
+        self._xattrs(path)
+        raise GemfsError(errno.ENOTSUP, "extended attributes are read-only")
+
+
+RENAME_NOREPLACE = 1  # linux/fs.h, renameat2(2)
+
+# The trash folders of the XDG trash spec at a mount's top: `.Trash` (shared) and `.Trash-UID`.
+TRASH_NAME = re.compile(r"^\.Trash(-[0-9]+)?$")
+
+XATTR_PREFIX = "user.gemini."
+
+
+def sha256_hex(field: str | None) -> str | None:
+    """The hex SHA-256 of a File from its `sha256Hash`: the API sends base64 of the lower-case
+    hex digest (files-api-wire.md §3.1); base64 of the raw 32-byte digest is taken too."""
+    if not field:
+        return None
+    try:
+        raw = base64.b64decode(field, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) == 32:
+        return raw.hex()
+    text = raw.decode("ascii", "replace").lower()
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+
+def record_xattrs(record: FileRecord) -> dict[str, bytes]:
+    """A File's `user.gemini.*` attributes, each as its sidecar shows it; absent fields are
+    absent attributes."""
+    values = {
+        "uri": record.api.get("uri"),
+        "name": record.name,
+        "mime_type": record.mime_type,
+        "state": record.state,
+        "sha256": sha256_hex(record.api.get("sha256Hash")),
+        "expiration_time": record.api.get("expirationTime"),
+    }
+    return {XATTR_PREFIX + k: str(v).encode("utf-8") for k, v in values.items() if v}

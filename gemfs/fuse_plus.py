@@ -1,5 +1,7 @@
-"""mfusepy's `FUSE` with READDIRPLUS: a directory listing hands the kernel each entry's
-attributes along with its name, so `ls -l` of N files needs no lookup round trip per entry.
+"""mfusepy's `FUSE` with READDIRPLUS and renameat2's flags.
+
+READDIRPLUS: a directory listing hands the kernel each entry's attributes along with its name,
+so `ls -l` of N files needs no lookup round trip per entry.
 
 mfusepy 3.1 fills directory entries without attributes (its readdir has a TODO for
 FUSE_READDIR_PLUS), and libfuse 3.14 drops attributes given without offsets anyway; the kernel
@@ -8,7 +10,12 @@ listing). Here, when the operations object offers `readdir_plus(path, fh, offset
 attrs or None)], directories are listed in libfuse's offset mode (entry i has offset i + 1, so each
 kernel request resumes where the last one stopped) with full attributes. The operations object
 must give the same list for the whole life of a directory handle (opendir to releasedir), or
-offsets would skip or repeat names. Everything else is mfusepy's own code.
+offsets would skip or repeat names.
+
+mfusepy 3.1 also drops the flags of libfuse 3's rename (renameat2's RENAME_NOREPLACE,
+RENAME_EXCHANGE, RENAME_WHITEOUT): a RENAME_EXCHANGE would run as a plain rename and replace the
+target. Here they reach `operations.rename(old, new, flags)`. Everything else is mfusepy's own
+code.
 """
 
 from __future__ import annotations
@@ -62,3 +69,7 @@ class PlusFUSE(FUSE):
             if full != 0:  # the kernel's buffer is full: it asks again from this offset
                 break
         return 0
+
+    def rename_fuse_3(self, old, new, flags):  # noqa: D102 (mfusepy's)
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
