@@ -225,7 +225,7 @@ def test_setting_or_removing_xattrs_is_refused(mount, sdk, admin, tmp_path):
 
 @needs("setfattr")
 def test_copying_a_file_with_xattrs_in(mount, sdk, tmp_path):
-    """ENOTSUP from setxattr: `cp -a` and `gio copy -p` go on silently; `cp --preserve=xattr`
+    """ENOTSUP from setxattr: `cp -a` goes on silently (test_gio.py: `gio copy --preserve` too); `cp --preserve=xattr`
     (which asks for them) and `rsync -X` report it, and the bytes are uploaded all the same."""
     src = tmp_path / "src"
     src.mkdir()
