@@ -65,7 +65,7 @@ IO_BLOCK = 1 << 20
 # gets ESTALE, since the kernel's getattr carries no file handle).
 HIDDEN_NAME = re.compile(r"^\.fuse_hidden[0-9a-f]{16}$")
 
-RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+RENAME_NOREPLACE = 1  # linux/fs.h, renameat2(2)
 
 # How long a fresh `files.get` of a File that is not ACTIVE answers for it: the sidecar and
 # `user.gemini.state` of a PROCESSING video ask the API at most once a second, however many
@@ -549,6 +549,7 @@ class GemFS(Operations):
     @fuse_op
     def mkdir(self, path: str, mode: int) -> int:
         parts = new_name(path)
+        self._refuse_trash(parts)
         self._check_writable()
         if not self._dir_exists(parts[:-1]):
             raise GemfsError(errno.ENOENT)
@@ -1107,15 +1108,11 @@ class GemFS(Operations):
 
     @fuse_op
     def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self._check_rename_flags(new, flags)
         src, dst = split_path(old), new_name(new)
-        if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT) or flags & ~(
-                RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
-            raise GemfsError(errno.EINVAL, "the Files API cannot exchange names")
         self._check_writable()
         if HIDDEN_NAME.match(dst[-1]) and dst[:-1] == src[:-1]:
             return self._hide(src, dst)
-        if flags & RENAME_NOREPLACE and self._exists(dst):
-            raise GemfsError(errno.EEXIST)
         if not self._dir_exists(dst[:-1]):
             raise GemfsError(errno.ENOENT)
         if self._sidecar_record(dst) is not None or self._sidecar_record(src) is not None:
@@ -1234,3 +1231,89 @@ class GemFS(Operations):
     @fuse_op
     def mknod(self, path: str, mode: int, dev: int) -> int:
         raise GemfsError(errno.EPERM, "only regular files can be uploaded")
+
+    # -- additive pieces: rename flags, no trash, extended attributes ---------------------------
+
+    def _check_rename_flags(self, new: str, flags: int) -> None:
+        """renameat2 flags, before anything changes (fuse_plus.py hands them over).
+
+        RENAME_EXCHANGE would need two atomic re-uploads and RENAME_WHITEOUT is for overlay
+        file systems: both EINVAL, as a file system that does not support them answers.
+        RENAME_NOREPLACE is honoured: EEXIST when anything is at the target.
+        """
+        if flags & ~RENAME_NOREPLACE:  # RENAME_EXCHANGE, RENAME_WHITEOUT, anything newer
+            raise GemfsError(errno.EINVAL, "renameat2 flags other than RENAME_NOREPLACE")
+        if flags & RENAME_NOREPLACE and self._exists(split_path(new)):
+            raise GemfsError(errno.EEXIST)
+
+    def _refuse_trash(self, parts: Path) -> None:
+        """No trash folder at the root: GIO (every GTK file manager) would make `.Trash-UID`,
+        upload `.trashinfo` files into it and then fail to move the File in (the API has no
+        rename). Refused, GIO offers to delete permanently instead, and nothing is uploaded."""
+        if len(parts) == 1 and TRASH_NAME.match(parts[0]):
+            raise GemfsError(errno.EPERM, "no trash on a gemfs mount")
+
+    def _xattrs(self, path: str) -> dict[str, bytes]:
+        """The extended attributes of a path: a File's metadata under `user.gemini.*`; none
+        for folders, sidecars and files still being written (they have no File yet)."""
+        parts = split_path(path)
+        if not parts:
+            return {}
+        with self._lock:
+            pending = self._pending.get(parts)
+        if pending is not None:
+            with pending.lock:  # its File, once the bytes written so far are one
+                uploaded = None if pending.dirty else pending.uploaded
+            return record_xattrs(self._fresh_record(uploaded)) if uploaded else {}
+        node = self.catalog.lookup(parts)
+        if isinstance(node, FileNode):
+            return record_xattrs(self._fresh_record(node.record))
+        if node is None and self._sidecar_record(parts) is None:
+            raise GemfsError(errno.ENOENT)
+        return {}
+
+    @fuse_op
+    def listxattr(self, path: str) -> list[str]:
+        return list(self._xattrs(path))
+
+    @fuse_op
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        attrs = self._xattrs(path)
+        if name in attrs:
+            return attrs[name]
+        if not name.startswith("user."):
+            # ENOTSUP, not ENODATA: ls -l asks for security.selinux and the POSIX ACLs of
+            # every file, and remembers ENOTSUP per device (one request instead of N).
+            raise GemfsError(errno.ENOTSUP)
+        raise GemfsError(errno.ENODATA)
+
+    @fuse_op
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._xattrs(path)  # ENOENT first
+        # ENOTSUP: cp -a and GIO's copy take it as "this file system keeps no xattrs" and go on.
+        raise GemfsError(errno.ENOTSUP, "extended attributes are read-only")
+
+    @fuse_op
+    def removexattr(self, path: str, name: str) -> int:
+        self._xattrs(path)
+        raise GemfsError(errno.ENOTSUP, "extended attributes are read-only")
+
+
+# The trash folders of the XDG trash spec at a mount's top: `.Trash` (shared) and `.Trash-UID`.
+TRASH_NAME = re.compile(r"^\.Trash(-[0-9]+)?$")
+
+XATTR_PREFIX = "user.gemini."
+
+
+def record_xattrs(record: FileRecord) -> dict[str, bytes]:
+    """A File's `user.gemini.*` attributes, each as its sidecar shows it; absent fields are
+    absent attributes."""
+    values = {
+        "uri": record.api.get("uri"),
+        "name": record.name,
+        "mime_type": record.mime_type,
+        "state": record.state,
+        "sha256": hex_from_api(record.api.get("sha256Hash")),
+        "expiration_time": record.api.get("expirationTime"),
+    }
+    return {XATTR_PREFIX + k: str(v).encode("utf-8") for k, v in values.items() if v}

@@ -1,5 +1,7 @@
-"""mfusepy's `FUSE` with READDIRPLUS: a directory listing hands the kernel each entry's
-attributes along with its name, so `ls -l` of N files needs no lookup round trip per entry.
+"""mfusepy's `FUSE` with READDIRPLUS and renameat2's flags.
+
+READDIRPLUS: a directory listing hands the kernel each entry's attributes along with its name,
+so `ls -l` of N files needs no lookup round trip per entry.
 
 mfusepy 3.1 fills directory entries without attributes (its readdir has a TODO for
 FUSE_READDIR_PLUS), and libfuse 3.14 drops attributes given without offsets anyway; the kernel
