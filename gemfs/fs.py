@@ -1262,8 +1262,9 @@ class GemFS(Operations):
         with self._lock:
             pending = self._pending.get(parts)
         if pending is not None:
-            with pending.lock:  # its File, once the bytes written so far are one
-                uploaded = None if pending.dirty else pending.uploaded
+            # Its File, once the bytes written so far are one. Read without the file lock, which an
+            # upload holds: two single reads, and a stale answer only lags one upload behind.
+            uploaded = None if pending.dirty else pending.uploaded
             return record_xattrs(self._fresh_record(uploaded)) if uploaded else {}
         node = self.catalog.lookup(parts)
         if isinstance(node, FileNode):

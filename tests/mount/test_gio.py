@@ -27,7 +27,6 @@ def test_gio_copy_of_a_new_file(mount, sdk, admin, tmp_path):
     assert admin.stats()["upload_start"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: GIO opens the File O_WRONLY without O_TRUNC: EPERM")
 def test_gio_copy_over_an_existing_file(mount, sdk, admin, tmp_path):
     put(mount, tmp_path, "doc.txt", b"old version")
     (tmp_path / "doc.txt").write_bytes(b"new version!")
@@ -46,7 +45,6 @@ def test_gio_save_of_a_new_file(mount, sdk):
     assert list(remote_files(sdk)) == ["saved.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: GIO opens the File O_WRONLY without O_TRUNC: EPERM")
 def test_gio_save_over_an_existing_file(mount, sdk, admin, tmp_path):
     put(mount, tmp_path, "notes.txt", b"first")
     admin.reset_stats()
