@@ -57,7 +57,7 @@ KEY = os.environ.get("GEMFS_BENCH_KEY") or "bench-" + hashlib.sha256(os.urandom(
 MiB = 1024**2
 GiB = 1024**3
 MB = 1000**2
-CASES = ("big_upload", "small_files", "listing", "probes")
+CASES = ("big_upload", "small_files", "listing", "probes", "resume")
 # Ops that name one File: a listing must need none of them (the "per-file calls").
 PER_FILE_OPS = ("get", "download")
 
@@ -452,6 +452,8 @@ class Bench:
         mount.start()
         self.p.say(f"  mounted {mount.path} (daemon pid {mount.pid})")
         return mount
+
+    resume = lambda self: __import__("bench.resume", fromlist=["case"]).case(self)  # noqa: E731
 
     # -- 1. big upload ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The Files API through the google-genai SDK: list, get, upload, delete, download.
+"""The Files API: list, get, delete and download through the google-genai SDK, uploads through
+gemfs's own resumable client (`gemfs.upload`), which resumes a session instead of restarting.
 
 The only module that imports `google.genai`. Every call retries inside one bounded deadline:
 429, 5xx and connection failures are retried with jittered exponential backoff until the
@@ -9,20 +10,22 @@ message; the API key never is.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
+import httpx
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from gemfs.errors import ApiFailure, GemfsError, errno_for, is_retryable
+from gemfs.errors import ApiFailure, GemfsError, errno_for, failure_from_answer
 from gemfs.model import FileRecord
+from gemfs.upload import DEFAULT_CHUNK_SIZE, UploadResult, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +71,13 @@ def to_record(file: types.File) -> FileRecord:
 def failure_from(exc: BaseException, op: str) -> ApiFailure | None:
     """What an exception from the SDK says about the call, or None when it is not an API failure."""
     if isinstance(exc, genai_errors.APIError):
-        reason = ""
-        details = exc.details if isinstance(exc.details, dict) else {}
-        error = details.get("error", details) if isinstance(details, dict) else {}
-        for detail in error.get("details", []) if isinstance(error, dict) else []:
-            if isinstance(detail, dict) and detail.get("reason"):
-                reason = detail["reason"]
-                break
         code = exc.code if isinstance(exc.code, int) else 0
-        return ApiFailure(code, exc.status or "", exc.message or "", reason, op,
-                          retryable=is_retryable(code, reason))
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        retry_after = headers.get("retry-after") if hasattr(headers, "get") else None
+        failure = failure_from_answer(code, exc.details, op, retry_after)
+        failure.status = exc.status or failure.status
+        failure.message = exc.message or failure.message
+        return failure
     if isinstance(exc, _TRANSPORT_ERRORS):
         return ApiFailure(0, "", f"{type(exc).__name__}: {exc}", "", op, retryable=True)
     if isinstance(exc, ValueError):
@@ -87,56 +87,12 @@ def failure_from(exc: BaseException, op: str) -> ApiFailure | None:
     return None
 
 
-class StagedReader(io.RawIOBase):
-    """A seekable read-only view of a staged file's descriptor that reports upload progress."""
-
-    def __init__(self, fd: int, size: int, progress: Callable[[int], None] | None = None) -> None:
-        super().__init__()
-        self._fd, self._size, self._pos, self._progress = fd, size, 0, progress
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = max(base + offset, 0)
-        return self._pos
-
-    def read(self, size: int = -1) -> bytes:
-        # The SDK reads each 8 MiB chunk with read(); RawIOBase.read would go through readinto
-        # and copy the chunk twice more (a 1 GiB upload took ~0.5 s longer; bench/run.py).
-        # One pread is one copy, straight from the page cache.
-        left = self._size - self._pos
-        want = left if size is None or size < 0 else min(size, left)
-        if want <= 0:
-            return b""
-        data = os.pread(self._fd, want, self._pos)
-        self._advance(len(data))
-        return data
-
-    def readinto(self, buffer) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        with memoryview(buffer) as view:
-            got = os.preadv(self._fd, [view[:want]], self._pos)
-        self._advance(got)
-        return got
-
-    def _advance(self, n: int) -> None:
-        self._pos += n
-        if self._progress:
-            self._progress(self._pos)
-
-
 class Remote:
-    """One project's Files API, with retries inside a deadline."""
+    """One project's Files API, with retries inside a deadline.
+
+    `clock` (monotonic seconds) and `sleep` drive every retry wait, so tests can run the retry
+    rules without waiting; `transport` (an httpx transport) carries the upload client's requests.
+    """
 
     def __init__(
         self,
@@ -145,6 +101,10 @@ class Remote:
         *,
         deadline: float = 60.0,
         request_timeout: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         options = types.HttpOptions(timeout=int(request_timeout * 1000))
         if base_url:
@@ -154,6 +114,26 @@ class Remote:
         self.deadline = deadline
         self.calls = 0  # guarded by _lock: API calls made, for `gemfs status`
         self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
+        # The upload client talks to the URL and API version the SDK uses, with its headers
+        # (API key, user agent); httpx.Client is thread-safe, one per Remote.
+        # (The SDK's resolved options are private; without them: its defaults, and the key.)
+        sdk_options = getattr(getattr(self._client, "_api_client", None), "_http_options", None)
+        root = (getattr(sdk_options, "base_url", None) or self.base_url).rstrip("/")
+        version = getattr(sdk_options, "api_version", "v1")
+        start_url = f"{root}/upload/{version}/files" if version else f"{root}/upload/files"
+        headers = dict(getattr(sdk_options, "headers", None) or {})
+        headers.setdefault("x-goog-api-key", api_key.strip())
+        self._http = httpx.Client(timeout=request_timeout, transport=transport)
+        self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gemfs-sha256")
+        self.uploader = Uploader(
+            self._http, start_url, headers, deadline=deadline,
+            clock=clock, sleep=sleep, hasher=self._hasher, delete=self.delete,
+            on_request=self._count, chunk_size=chunk_size)
+
+    def _count(self) -> None:
+        with self._lock:
+            self.calls += 1
 
     def _call(self, op: str, fn: Callable[[], T], *, on_file: bool = False,
               deadline: float | None = None) -> T:
@@ -165,8 +145,7 @@ class Remote:
         attempt = 0
         while True:
             attempt += 1
-            with self._lock:
-                self.calls += 1
+            self._count()
             log.debug("api %s (attempt %d)", op, attempt)
             try:
                 return fn()
@@ -174,12 +153,14 @@ class Remote:
                 failure = failure_from(exc, op)
                 if failure is None:
                     raise
-                wait = delay * (0.5 + random.random())
+                wait = failure.retry_after if failure.retry_after is not None else (
+                    delay * (0.5 + random.random()))
+                now = self._clock()
                 if end is None:
-                    end = time.monotonic() + budget
-                if failure.retryable and time.monotonic() + wait < end:
+                    end = now + budget
+                if failure.retryable and now + wait < end:
                     log.debug("%s failed (attempt %d), retrying in %.2fs: %s", op, attempt, wait, failure)
-                    time.sleep(wait)
+                    self._sleep(wait)
                     delay = min(delay * 2, 8.0)
                     continue
                 err = errno_for(failure, on_file=on_file)
@@ -213,20 +194,15 @@ class Remote:
 
     def upload(self, fd: int, size: int, display_name: str, mime_type: str,
                progress: Callable[[int], None] | None = None) -> FileRecord:
-        """Upload `size` bytes of a staged descriptor; each retry starts a new upload session."""
-        config = types.UploadFileConfig(display_name=display_name, mime_type=mime_type)
+        """Upload `size` bytes of a staged descriptor through one resumable session (resumed,
+        not restarted, after a fault). The File's record; `upload_verified` also gives the
+        SHA-256 checked against the File's."""
+        return self.upload_verified(fd, size, display_name, mime_type, progress).record
 
-        def attempt() -> FileRecord:
-            stream = StagedReader(fd, size, progress)
-            try:
-                file = self._client.files.upload(file=stream, config=config)
-            except KeyError as e:
-                # The SDK's words for a start answer without an upload URL: a garbled response,
-                # as retryable as any other (failure_from treats ValueError so).
-                raise ValueError(f"no upload URL in the answer: {e}") from e
-            return to_record(file)
-
-        return self._call("upload", attempt)
+    def upload_verified(self, fd: int, size: int, display_name: str, mime_type: str,
+                        progress: Callable[[int], None] | None = None) -> UploadResult:
+        """As `upload`, with the verified SHA-256 (hex), bytes re-sent and sessions used."""
+        return self.uploader.upload(fd, size, display_name, mime_type, progress)
 
     def download(self, file_id: str, destination: str) -> None:
         """Stream a generated File's bytes into `destination`."""
@@ -237,3 +213,5 @@ class Remote:
 
     def close(self) -> None:
         self._client.close()
+        self._http.close()
+        self._hasher.shutdown(wait=True)

@@ -322,6 +322,12 @@ class FilesApi:
                 ).upload_final()
             if "query" in commands:
                 await discard_body(request)
+                if session.finalized:
+                    # §12: a `final` session answers with its File, so a client that lost the
+                    # finalize answer takes it from here instead of uploading a second one.
+                    rec = await run_sync(self.store.get_file, session.project, session.file_id)
+                    if rec is not None:
+                        return _final(self.render(rec), rec.size_bytes)
                 return _progress(session)
             if "cancel" in commands:
                 await discard_body(request)

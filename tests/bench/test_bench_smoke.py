@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 
-CASES = ("big_upload", "small_files", "listing", "probes")
+CASES = ("big_upload", "small_files", "listing", "probes", "resume")
 KEY = "smoke-key-7c1e0f3a9b"  # distinctive, so a leak into the output would be found
 
 
@@ -89,6 +89,13 @@ def test_uploads_take_the_same_requests_through_gemfs_and_the_sdk(result):
         counts = big["requests"][side]
         assert counts["upload_start"] == 1 and counts["upload_finalize"] == 1, (side, counts)
         assert counts.get("upload_chunk", 0) == chunks - 1, (side, counts)
+
+
+def test_a_reset_and_a_lost_finalize_resend_one_chunk_and_make_one_file(result):
+    resent = row_starting(result, "resume", "  bytes re-sent")
+    assert 0 < resent["gemfs"] <= 8 and resent["sdk"] >= result["sizes"]["big_bytes"] / 2**20
+    made = row_starting(result, "resume", "  Files made")
+    assert (made["gemfs"], made["sdk"]) == (1, 2)
 
 
 def test_peak_rss_is_measured_for_daemon_and_server(result):

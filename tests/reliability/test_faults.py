@@ -135,7 +135,6 @@ def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
     shared_server.admin.set_faults(rule(op, action, mode, skip))
     with PartialWatcher(shared_server, {name: data}) as watcher:
         proc, elapsed = cp_into(fmount, tmp_path / "src", name)
-    attempts = shared_server.admin.stats()["upload_start"]
     hits = faults_hit(shared_server.admin)
     assert hits >= 1, "the fault never fired: the case proves nothing"
     assert watcher.partial == [], f"a partial File was listed: {watcher.partial}"
@@ -152,7 +151,9 @@ def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
         sdk_resends = op != "upload_start" and action in SDK_ABSORBED
         bound = time_bound(SDK_CHUNK_RETRY_SECONDS if sdk_resends else 0.0)
         assert elapsed <= bound, f"cp took {elapsed:.1f}s, bound {bound:.0f}s"
-        assert attempts >= 2, "gave up without retrying a retryable failure"
+        # The upload client retries a chunk by querying its session (counted as upload_chunk,
+        # which the rule hits too), not by starting a new one: count the faulted requests.
+        assert hits >= 2, "gave up without retrying a retryable failure"
         assert_nothing_left(fmount, sdk, name)
         TALLY.add(failed_cleanly=1)
 
@@ -238,8 +239,8 @@ def test_rsync_under_upload_faults(fmount, shared_server, sdk, tmp_path, mode):
 @pytest.mark.long
 @pytest.mark.parametrize("op", ["upload_chunk", "upload_finalize"])
 def test_upload_fault_beyond_the_sdk_resends(fmount, shared_server, sdk, tmp_path, op):
-    """Three 503s in a row exhaust the SDK's own re-sends of a chunk; gemfs then starts the
-    upload again in a new session, and the File still arrives whole, once."""
+    """Three 503s in a row (on the chunk and the queries after it): gemfs resumes the same
+    session once the server answers again, and the File still arrives whole, once."""
     size, skip = UPLOAD_STEPS[op]
     data = random_bytes(size)
     name = f"{op}-beyond-sdk.bin"
@@ -251,7 +252,7 @@ def test_upload_fault_beyond_the_sdk_resends(fmount, shared_server, sdk, tmp_pat
     attempts = shared_server.admin.stats()["upload_start"]
     assert faults_hit(shared_server.admin) == 3
     assert proc.returncode == 0, proc.stderr
-    assert attempts == 2, "gemfs did not start the upload again"
+    assert attempts == 1, "gemfs started the upload again instead of resuming it"
     assert watcher.partial == []
     verify_written(sdk, {name: data})
     TALLY.add(survived=1)
@@ -424,8 +425,8 @@ def test_server_restart_mid_upload(rel_root, shared_server, sdk, tmp_path):
         TALLY.add(faults_injected=1)  # the restart itself
         assert hits == 1
         if code == 0:
-            # The old server died mid-session: the File came from a new one on the new server.
-            assert shared_server.admin.stats()["upload_start"] >= 1
+            # Sessions outlive a server restart: the upload resumed its session, not a new one.
+            assert shared_server.admin.stats()["upload_start"] == 0
             verify_written(sdk, {"restart.bin": data})
             TALLY.add(survived=1)
         else:

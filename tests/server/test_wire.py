@@ -276,6 +276,8 @@ def test_query_after_final(http: httpx.Client) -> None:
         q.headers["x-goog-upload-status"],
         q.headers["x-goog-upload-size-received"],
     ) == (200, "final", "3")
+    # The File rides along, so a client that lost the finalize answer can take it from here.
+    assert q.json()["file"]["sizeBytes"] == "3"
 
 
 def test_offset_mismatch_is_terminal(http: httpx.Client) -> None:

@@ -4,7 +4,15 @@ import errno
 
 import pytest
 
-from gemfs.errors import ApiFailure, GemfsError, errno_for, fuse_op, is_retryable
+from gemfs.errors import (
+    ApiFailure,
+    GemfsError,
+    errno_for,
+    failure_from_answer,
+    fuse_op,
+    is_retryable,
+    retry_after_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +62,54 @@ def test_fuse_op_maps_errors():
         with pytest.raises(FuseOSError) as info:
             boom(kind)
         assert info.value.errno == expected
+
+
+def quota_failure(**violation):
+    return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded",
+                      "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                                   "violations": [violation]}]}}
+
+
+@pytest.mark.parametrize(
+    "body, expected, retry",
+    [
+        # The real service's full project (files-api-wire.md §12): by quotaId, or by metric alone.
+        (quota_failure(quotaId="FileStorageBytesPerProject",
+                       quotaMetric="generativelanguage.googleapis.com/file_storage_bytes"),
+         errno.EDQUOT, False),
+        (quota_failure(quotaMetric="generativelanguage.googleapis.com/file_storage_bytes"),
+         errno.EDQUOT, False),
+        # Another quota (requests per minute) is a rate limit: waited out, EIO at the deadline.
+        (quota_failure(quotaId="GenerateRequestsPerMinutePerProject",
+                       quotaMetric="generativelanguage.googleapis.com/generate_requests"),
+         errno.EIO, True),
+        ({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                    "message": "Resource has been exhausted (e.g. check quota)."}}, errno.EIO, True),
+        # gemfs serve's older shape stays understood.
+        ({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "full", "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+             "reason": "STORAGE_QUOTA_EXCEEDED"}]}}, errno.EDQUOT, False),
+        ("<html>Too Many Requests</html>", errno.EIO, True),
+    ],
+)
+def test_429_answers_by_their_shape(body, expected, retry):
+    failure = failure_from_answer(429, body, "upload")
+    assert errno_for(failure) == expected
+    assert failure.retryable is retry
+
+
+@pytest.mark.parametrize(
+    "body, header, seconds",
+    [
+        (None, "7", 7.0),
+        (None, "Thu, 01 Jan 1970 00:00:30 GMT", 20.0),  # an HTTP date, 20 s after `now`
+        ({"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                 "retryDelay": "22s"}]}}, None, 22.0),
+        ({"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                 "retryDelay": {"seconds": 1, "nanos": 500000000}}]}}, None, 1.5),
+        ({"error": {"details": []}}, None, None),
+        (None, "soon", None),
+    ],
+)
+def test_retry_after(body, header, seconds):
+    assert retry_after_of(body, header, now=10.0) == seconds
