@@ -31,7 +31,6 @@ file's own upload and the deletes of the Files it retires.
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -906,7 +905,7 @@ class GemFS(Operations):
                 progress["sent"] = sent
 
             try:
-                record = self.remote.upload(p.staged.fd, size, display, mime_type, advance)
+                result = self.remote.upload_verified(p.staged.fd, size, display, mime_type, advance)
             except GemfsError as e:
                 if e.errno == errno.EDQUOT and p.replaces:
                     log.warning("%s: no room in the quota for the new version next to the old "
@@ -916,11 +915,13 @@ class GemFS(Operations):
             finally:
                 with self._lock:
                     self._uploads.pop(id(p), None)
+            record = result.record
             if p.hold is not None and self.state is not None:
                 self.state.update_hold(p.hold, uploaded_id=record.id)
             p.dirty = False
             retired, p.replaces = p.replaces, [record]
-            p.uploaded, p.digest = record, self._verified_digest(p.staged.fd, size, record)
+            # The uploader checked the SHA-256 of what it sent against the File's sha256Hash.
+            p.uploaded, p.digest = record, result.sha256_hex
             self.catalog.add_uploaded(record)
             with self._lock:
                 self._recent[record.id] = time.time()
@@ -994,26 +995,6 @@ class GemFS(Operations):
                 log.error("could not recover held file %s: %s (kept for the next mount)",
                           hold.display_name, e)
         return done
-
-    def _verified_digest(self, fd: int, size: int, record: FileRecord) -> str | None:
-        """The SHA-256 (hex) of the bytes just uploaded when it matches the File's `sha256Hash`,
-        else None (then the bytes are not cached: what is here is not what the API holds)."""
-        if self.cache is None:
-            return None
-        expected = hex_from_api(record.api.get("sha256Hash"))
-        digest = hashlib.sha256()
-        offset = 0
-        while offset < size:
-            chunk = os.pread(fd, min(IO_BLOCK * 8, size - offset), offset)
-            if not chunk:
-                break
-            digest.update(chunk)
-            offset += len(chunk)
-        local = digest.hexdigest()
-        if expected is not None and expected != local:
-            log.error("%s: the API's sha256Hash differs from the bytes sent; not cached", record.name)
-            return None
-        return local
 
     def _draining_now(self) -> bool:
         with self._lock:
