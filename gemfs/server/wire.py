@@ -138,19 +138,19 @@ API_KEY_INVALID_DOMAIN = "googleapis.com"
 API_SERVICE = "generativelanguage.googleapis.com"
 LOCALE = "en-US"
 
-# Our own ErrorInfo reasons (UNK, §5 / §9.10): the mount maps errors by code, status and reason,
-# never by message, so the two limit errors carry a machine-readable reason in this domain.
+# Our own ErrorInfo reason for the per-file limit (UNK, §5 / §9.10): the mount maps errors by
+# code, status and reason, never by message, so it carries a machine-readable reason.
 ERROR_DOMAIN = "generativelanguage.googleapis.com"
 REASON_FILE_TOO_LARGE = "FILE_TOO_LARGE"
-REASON_STORAGE_QUOTA_EXCEEDED = "STORAGE_QUOTA_EXCEEDED"
+
+# §12 (REAL): a full project is 429 RESOURCE_EXHAUSTED with this message and a QuotaFailure whose
+# violation names this metric and quota id; that detail is what tells it from a rate limit.
+QUOTA_METRIC_FILE_STORAGE = "generativelanguage.googleapis.com/file_storage_bytes"
+QUOTA_ID_FILE_STORAGE = "FileStorageBytesPerProject"
+MSG_QUOTA_EXCEEDED = "Quota exceeded for metric: {metric}, limit: {quota}"
 
 # §9.10 (UNK): 400 INVALID_ARGUMENT at start when the declared size is over the per-file limit.
 MSG_FILE_TOO_LARGE = "File size {size} bytes exceeds the maximum allowed size of {limit} bytes."
-# §9.10 (UNK): 429 RESOURCE_EXHAUSTED at start when the project would go over its quota.
-MSG_QUOTA_EXCEEDED = (
-    "Storage quota exceeded for this project: {used} of {quota} bytes in use, "
-    "{size} more requested."
-)
 # §9.5 (UNK): 400 for an ill-formed user-supplied name, 409 for a taken one.
 MSG_INVALID_NAME = (
     "Invalid file name '{name}': the id after 'files/' must be 1-40 characters of lowercase "

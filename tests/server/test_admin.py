@@ -265,9 +265,9 @@ def test_seed_counts_to_quota(server_factory) -> None:
         headers={"x-goog-api-key": KEY_A},
         json={"count": 2, "sizeBytes": 1000},
     )
-    assert (
-        r.status_code == 429
-        and r.json()["error"]["details"][0]["reason"] == "STORAGE_QUOTA_EXCEEDED"
+    assert r.status_code == 429
+    assert r.json()["error"]["details"][0]["violations"][0]["quotaId"] == (
+        "FileStorageBytesPerProject"
     )
     client = srv.client(KEY_A)
     with pytest.raises(errors.ClientError) as exc_info:

@@ -310,16 +310,23 @@ def test_project_quota_counts_files_and_open_sessions(server_factory) -> None:
             client.files.upload(file=io.BytesIO(b"x" * 101), config={"mime_type": "text/plain"})
         err = exc_info.value
         assert (err.code, err.status) == (429, "RESOURCE_EXHAUSTED")
+        # §12: the real service's shape, which is what tells it from a rate limit.
         assert err.message == (
-            "Storage quota exceeded for this project: 900 of 1000 bytes in use, 101 more requested."
+            "Quota exceeded for metric: generativelanguage.googleapis.com/file_storage_bytes, "
+            "limit: 1000"
         )
-        info = err.details["error"]["details"][0]
-        assert info["reason"] == "STORAGE_QUOTA_EXCEEDED"
-        assert info["metadata"] == {
-            "usedBytes": "900",
-            "requestedBytes": "101",
-            "quotaBytes": "1000",
-        }
+        assert err.details["error"]["details"] == [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/file_storage_bytes",
+                        "quotaId": "FileStorageBytesPerProject",
+                        "quotaValue": "1000",
+                    }
+                ],
+            }
+        ]
         # The quota is per project.
         client_b = srv.client(KEY_B)
         client_b.files.upload(file=io.BytesIO(b"x" * 1000), config={"mime_type": "text/plain"})
