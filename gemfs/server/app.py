@@ -147,19 +147,20 @@ class FilesApi:
         self, request: Request, op: str, handler: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         """Runs a public handler behind the control plane and turns every failure into a
-        Google-shaped answer."""
+        Google-shaped answer, which a fault rule set to fire after the handler may replace."""
         try:
             early = await self.control.admit(request, op)
             if early is not None:
                 return early
-            return await handler(request)
+            response = await handler(request)
         except (ApiError, StoreError) as exc:
-            return await failure_response(request, exc)
+            response = await failure_response(request, exc)
         except ClientDisconnect:
             return NoResponse()
         except Exception:
             log.exception("internal error on %s %s", request.method, request.url.path)
-            return error_response(errors.internal())
+            response = error_response(errors.internal())
+        return await self.control.answer(request, response)
 
     def authenticate(self, request: Request) -> str:
         """The project of the request's API key (header `x-goog-api-key`, else `?key=`)."""
@@ -322,6 +323,13 @@ class FilesApi:
                 ).upload_final()
             if "query" in commands:
                 await discard_body(request)
+                if session.finalized:
+                    # §12: `final` comes with the File, so a client that lost the finalize
+                    # answer learns the result from the query. Once the File is gone the
+                    # session still says `final`, without a body.
+                    rec = await run_sync(self.store.get_file, session.project, session.file_id)
+                    if rec is not None:
+                        return _final(self.render(rec), rec.size_bytes)
                 return _progress(session)
             if "cancel" in commands:
                 await discard_body(request)
@@ -395,11 +403,15 @@ class FilesApi:
         that when it missed the answer) gets the same answer again; anything else is an error."""
         length = await discard_body(request)
         if "finalize" in commands and _is_resend(session, offset, length):
-            rec = await run_sync(self.store.get_file, session.project, session.file_id)
-            if rec is None:
-                raise errors.upload_not_found()
-            return _final(self.render(rec), rec.size_bytes)
+            return await self._final_of(session)
         raise errors.invalid_argument(wire.MSG_ALREADY_FINALIZED).upload_final()
+
+    async def _final_of(self, session: UploadSession) -> Response:
+        """The finalize answer of a finalized session, again; 404 once its File is gone."""
+        rec = await run_sync(self.store.get_file, session.project, session.file_id)
+        if rec is None:
+            raise errors.upload_not_found()
+        return _final(self.render(rec), rec.size_bytes)
 
     # --- files (§2.4 - §2.8) ----------------------------------------------------------------
 

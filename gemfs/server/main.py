@@ -249,18 +249,20 @@ class AccessLog:
 def _make_protocol_class() -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from gemfs.server.control import ABORT_EXTENSION
+    from gemfs.server.control import ABORT_EXTENSION, CLOSE_EXTENSION
 
     class AbortableH11Protocol(H11Protocol):
-        """uvicorn's h11 protocol, offering the app a way to reset the connection (used by
-        fault injection to simulate a network failure)."""
+        """uvicorn's h11 protocol, offering the app a way to reset or close the connection
+        without answering (used by fault injection to simulate a network failure)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             app = self.app
 
             async def app_with_abort(scope: Scope, receive: Receive, send: Send) -> None:
-                scope.setdefault("extensions", {})[ABORT_EXTENSION] = self._abort
+                extensions = scope.setdefault("extensions", {})
+                extensions[ABORT_EXTENSION] = self._abort
+                extensions[CLOSE_EXTENSION] = self.transport.close
                 await app(scope, receive, send)
 
             self.app = app_with_abort

@@ -140,6 +140,103 @@ def test_reset(server: ServerProcess, client_a) -> None:
     assert [g.name for g in client_a.files.list()] == [f.name]
 
 
+# --- faults after the handler: the work is done, the answer is lost ------------------------------
+
+
+@pytest.mark.parametrize("action", ["reset", "close"])
+def test_lost_finalize_answer_leaves_a_final_session_with_its_file(
+    server: ServerProcess, action: str
+) -> None:
+    data = b"0123456789"
+    with server.http() as http:
+        url = start_upload(http, KEY_A, len(data), "text/plain")
+        assert send_chunk(http, url, 0, data[:4]).headers["x-goog-upload-size-received"] == "4"
+        server.admin.set_faults({"op": "upload_finalize", "action": action, "when": "after"})
+        with pytest.raises(httpx.TransportError):
+            send_chunk(http, url, 4, data[4:], finalize=True)
+        # The finalize committed: the query says so and hands over the File.
+        q = upload_command(http, url, "query")
+        assert (q.status_code, q.headers["x-goog-upload-status"]) == (200, "final")
+        assert q.headers["x-goog-upload-size-received"] == str(len(data))
+        done = q.json()["file"]
+        assert base64.b64decode(done["sha256Hash"]).decode() == hashlib.sha256(data).hexdigest()
+        assert done["sizeBytes"] == str(len(data))
+        listed = http.get("/v1beta/files", headers={"x-goog-api-key": KEY_A}).json()["files"]
+        assert [f["name"] for f in listed] == [done["name"]]  # one File, not two
+        # Re-sending the finalizing chunk gets the same File again.
+        again = send_chunk(http, url, 4, data[4:], finalize=True)
+        assert again.status_code == 200 and again.json()["file"]["name"] == done["name"]
+        # Once the File is deleted the session still says final, with nothing to hand over.
+        assert http.delete(f"/v1beta/{done['name']}", headers={"x-goog-api-key": KEY_A}).is_success
+        q = upload_command(http, url, "query")
+        assert (q.status_code, q.headers["x-goog-upload-status"], q.content) == (200, "final", b"")
+    assert server.admin.faults()[0]["hits"] == 1
+
+
+def test_lost_chunk_answer_keeps_the_chunk(server: ServerProcess) -> None:
+    with server.http() as http:
+        url = start_upload(http, KEY_A, 10)
+        server.admin.set_faults({"op": "upload_chunk", "action": "reset", "when": "after"})
+        with pytest.raises(httpx.TransportError):
+            send_chunk(http, url, 0, b"12345")
+        q = upload_command(http, url, "query")
+        assert (q.headers["x-goog-upload-status"], q.headers["x-goog-upload-size-received"]) == (
+            "active",
+            "5",
+        )
+        assert send_chunk(http, url, 5, b"67890", finalize=True).status_code == 200
+
+
+def test_lost_start_answer_still_opened_the_session(server_factory) -> None:
+    """The session exists although its URL never reached the client: it holds its quota."""
+    srv = server_factory(args=["--project-quota", "100"])
+    srv.admin.set_faults({"op": "upload_start", "action": "reset", "when": "after"})
+    with srv.http() as http:
+        with pytest.raises(httpx.TransportError):
+            start_upload(http, KEY_A, 80)
+        with pytest.raises(AssertionError, match="429"):
+            start_upload(http, KEY_A, 30)
+        start_upload(http, KEY_A, 20)
+
+
+def test_lost_delete_and_list_answers_did_their_work(server: ServerProcess, client_a) -> None:
+    f = client_a.files.upload(file=io.BytesIO(b"x"), config={"mime_type": "text/plain"})
+    g = client_a.files.upload(file=io.BytesIO(b"y"), config={"mime_type": "text/plain"})
+    server.admin.set_faults(
+        {"op": "delete", "action": "reset", "when": "after"},
+        {"op": "list", "action": "close", "when": "after"},
+        {"op": "get", "action": "error", "status": 503, "when": "after"},
+    )
+    server.admin.reset_stats()
+    with pytest.raises(transport_errors()):
+        client_a.files.delete(name=f.name)
+    with pytest.raises(transport_errors()):
+        list(client_a.files.list())
+    with pytest.raises(errors.ServerError):
+        client_a.files.get(name=g.name)
+    # The delete happened: the File is gone, and a retried delete finds nothing.
+    with pytest.raises(errors.ClientError) as exc_info:
+        client_a.files.delete(name=f.name)
+    assert exc_info.value.code == 403
+    assert [h.name for h in client_a.files.list()] == [g.name]
+    assert [r["hits"] for r in server.admin.faults()] == [1, 1, 1]
+    stats = server.admin.stats()
+    assert (stats["delete"], stats["list"], stats["get"]) == (2, 2, 1)
+
+
+def test_error_after_a_chunk_makes_the_sdk_resend_what_was_stored(
+    server: ServerProcess, client_a
+) -> None:
+    """A 503 after the chunk was stored: the SDK re-sends it and the server, recognising the
+    copy, stores it once."""
+    data = random.Random(5).randbytes(8 * MIB + 7)
+    server.admin.set_faults({"op": "upload_chunk", "action": "error", "status": 503, "when": "after"})
+    server.admin.reset_stats()
+    f = client_a.files.upload(file=io.BytesIO(data), config={"mime_type": "text/plain"})
+    assert f.size_bytes == len(data) and hex_of(f) == hashlib.sha256(data).hexdigest()
+    assert (server.admin.stats()["upload_chunk"], server.admin.faults()[0]["hits"]) == (2, 1)
+
+
 def test_garbage_and_errors_on_json_calls(server: ServerProcess, client_a) -> None:
     f = client_a.files.upload(file=io.BytesIO(b"x"), config={"mime_type": "text/plain"})
     server.admin.set_faults({"op": "list", "action": "garbage", "times": 2})
@@ -206,6 +303,7 @@ def test_stall(server: ServerProcess, client_a) -> None:
         {"op": "get", "action": "error", "status": 200},
         {"op": "get", "action": "error", "times": 0},
         {"op": "get", "action": "stall", "seconds": "soon"},
+        {"op": "get", "action": "reset", "when": "later"},
         "not an object",
     ],
 )
