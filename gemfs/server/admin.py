@@ -67,7 +67,8 @@ class _Admin:
         """Body bytes -> a GENERATED File with a downloadUri, in the key's project."""
         project = self.api.authenticate(request)
         params = request.query_params
-        name = self.api.parse_user_name(params.get("name"))
+        # Files of other services (batch outputs) have ids the user rule refuses (§12).
+        name = self.api.parse_user_name(params.get("name"), wire.SERVICE_ID_RE)
         display_name = self.api.parse_display_name(params.get("displayName"))
         mime_type = params.get("mimeType") or DEFAULT_GENERATED_MIME
         writer = await run_sync(self.store.new_blob_writer)

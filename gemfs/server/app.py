@@ -14,6 +14,7 @@ import json
 import logging
 import mimetypes
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio.to_thread
@@ -216,14 +217,15 @@ class FilesApi:
             await run_sync(write, buf)
 
     @staticmethod
-    def parse_user_name(value: object) -> str | None:
-        """A user-chosen File id from `files/<id>` or `<id>` (§9.5); None if not given."""
+    def parse_user_name(value: object, rule: re.Pattern[str] = wire.USER_ID_RE) -> str | None:
+        """A chosen File id from `files/<id>` or `<id>`, by the user's rule (§9.5) unless told
+        otherwise; None if not given."""
         if value is None or value == "":
             return None
         if not isinstance(value, str):
             raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
         file_id = value.removeprefix("files/")
-        if not wire.USER_ID_RE.fullmatch(file_id):
+        if not rule.fullmatch(file_id):
             raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
         return file_id
 
@@ -457,6 +459,9 @@ class FilesApi:
     async def delete_file(self, request: Request) -> Response:
         project = self.authenticate(request)
         file_id = request.path_params["file_id"]
+        if len(file_id) > wire.DELETE_ID_MAX_CHARS:
+            # §12: the real API cannot delete the long ids other services give their Files.
+            raise errors.invalid_argument(wire.MSG_DELETE_ID_TOO_LONG)
         if not await run_sync(self.store.delete_file, project, file_id):
             raise errors.file_not_found(file_id)
         return json_response({})

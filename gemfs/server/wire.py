@@ -33,6 +33,13 @@ ID_LENGTH = 12
 # §4 (P1), §9.5: user-supplied ids are <= 40 chars of [a-z0-9-], not starting/ending with '-'.
 USER_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 
+# §4, §12 (REAL): Files made by other services (batch outputs: `batch-<36 chars>`, 42 in all)
+# break the user rule. The admin API may create ids up to this length (64: INF, room to spare).
+SERVICE_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+# §12 (REAL): delete refuses an id over 40 characters (get and list serve it).
+DELETE_ID_MAX_CHARS = 40
+MSG_DELETE_ID_TOO_LONG = "File ID (name excluding 'files/') cannot be more than 40 characters"
+
 # §4 (P1): display names are at most 512 characters (counted as Unicode code points: INF).
 DISPLAY_NAME_MAX_CHARS = 512
 

@@ -392,6 +392,66 @@ def test_generated_options(server: ServerProcess, client_a) -> None:
     assert list((server.data_dir / "uploads").iterdir()) == []
 
 
+BATCH_ID = "batch-o08hk76gv328ihxcssjsgwt3g6omtfysxi46"  # a real batch output's id (42 chars)
+
+
+def test_files_of_other_services_have_long_ids(server: ServerProcess, client_a) -> None:
+    f = server.admin.generated(KEY_A, b"results", name=BATCH_ID, mime_type="application/jsonl")
+    assert f["name"] == f"files/{BATCH_ID}"
+    assert client_a.files.get(name=f"files/{BATCH_ID}").size_bytes == 7
+    assert [g.name for g in client_a.files.list()] == [f"files/{BATCH_ID}"]
+    assert client_a.files.download(file=f"files/{BATCH_ID}") == b"results"
+    longest = "a" * 63 + "z"
+    assert server.admin.generated(KEY_A, b"", name=longest)["name"] == f"files/{longest}"
+    for bad in ("a" * 65, "-batch", "Batch-1", "batch_1"):
+        r = httpx.post(
+            server.url + "/_gemfs/admin/generated",
+            params={"name": bad},
+            headers={"x-goog-api-key": KEY_A},
+            content=b"x",
+        )
+        assert r.status_code == 400, bad
+    # The public start keeps the user rule: at most 40 characters.
+    with server.http() as http:
+        r = http.post(
+            "/upload/v1beta/files",
+            headers={
+                "x-goog-api-key": KEY_A,
+                "X-Goog-Upload-Protocol": "resumable",
+                "X-Goog-Upload-Command": "start",
+                "X-Goog-Upload-Header-Content-Length": "1",
+                "X-Goog-Upload-Header-Content-Type": "text/plain",
+            },
+            json={"file": {"name": "a" * 41}},
+        )
+        assert r.status_code == 400
+
+
+def test_delete_refuses_ids_over_40_characters(server: ServerProcess, client_a) -> None:
+    """§12: the real API's answer, whether or not such a File exists."""
+    server.admin.generated(KEY_A, b"r", name=BATCH_ID)
+    server.admin.generated(KEY_A, b"s", name="b" * 40)
+    with server.http() as http:
+        for file_id in (BATCH_ID, "c" * 41):
+            r = http.delete(f"/v1beta/files/{file_id}", headers={"x-goog-api-key": KEY_A})
+            assert (r.status_code, r.json()) == (
+                400,
+                {
+                    "error": {
+                        "code": 400,
+                        "message": "File ID (name excluding 'files/') cannot be more than 40 "
+                        "characters",
+                        "status": "INVALID_ARGUMENT",
+                    }
+                },
+            )
+    with pytest.raises(errors.ClientError) as exc_info:
+        client_a.files.delete(name=f"files/{BATCH_ID}")
+    assert exc_info.value.code == 400
+    client_a.files.delete(name="files/" + "b" * 40)  # 40 is still fine
+    assert [g.name for g in client_a.files.list()] == [f"files/{BATCH_ID}"]
+
+
 def test_clock(server: ServerProcess) -> None:
     before = httpx.get(server.url + "/_gemfs/admin/clock").json()
     assert before["offsetSeconds"] == 0
