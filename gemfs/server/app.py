@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import mimetypes
 import os
@@ -25,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from gemfs.server import admin, errors, wire
+from gemfs.server import admin, errors, lenient_json, wire
 from gemfs.server.config import ServerConfig, project_of_key
 from gemfs.server.control import Control
 from gemfs.server.errors import ApiError
@@ -187,21 +186,15 @@ class FilesApi:
         if not body.strip():
             return {}
         try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # As leniently as the real front end (single quotes, bare keys), and never a lone
+            # surrogate, which could be neither stored (SQLite wants UTF-8) nor a file name.
+            payload = lenient_json.loads(bytes(body))
+        except lenient_json.JsonSyntaxError as exc:
             raise errors.invalid_argument(wire.MSG_INVALID_JSON.format(detail=str(exc))) from None
         if not isinstance(payload, dict):
             raise errors.invalid_argument(
                 wire.MSG_INVALID_JSON.format(detail="Expected a JSON object.")
             )
-        try:
-            # JSON may spell a lone surrogate ("\ud800"), which is no Unicode text: it could
-            # not be stored (SQLite wants UTF-8) nor become a file name, so it is refused here.
-            json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise errors.invalid_argument(
-                wire.MSG_INVALID_JSON.format(detail="Strings must be valid Unicode.")
-            ) from None
         return payload
 
     async def pump_body(self, request: Request, write: Callable[[bytearray], None]) -> None:

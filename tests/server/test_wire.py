@@ -185,6 +185,27 @@ def test_start_accepts_camel_and_snake_body(http: httpx.Client) -> None:
         assert done["displayName"] in ("camel", "snake")
 
 
+def test_start_takes_the_rest_docs_single_quoted_body(http: httpx.Client) -> None:
+    """§12: the REST docs send `{'file': {'display_name': 'AUDIO'}}` and get a File back."""
+    r = http.post(
+        "/upload/v1beta/files",
+        headers=START_HEADERS,
+        content=b"{'file': {'display_name': 'AUDIO'}}",
+    )
+    assert r.status_code == 200, r.text
+    done = send_chunk(http, r.headers["x-goog-upload-url"], 0, b"audio", finalize=True)
+    assert done.json()["file"]["displayName"] == "AUDIO"
+    # Bare keys and a trailing comma are read too; a lone surrogate and trailing junk are not.
+    r = http.post(
+        "/upload/v1beta/files", headers=START_HEADERS, content=b"{file: {displayName: 'B',},}"
+    )
+    assert r.status_code == 200, r.text
+    for bad in (b"{'file': {'display_name': '\\ud800'}}", b"{'file': {}} junk", b"{'file': }"):
+        r = http.post("/upload/v1beta/files", headers=START_HEADERS, content=bad)
+        assert error_of(r)[:2] == (400, "INVALID_ARGUMENT"), bad
+        assert error_of(r)[2].startswith("Invalid JSON payload received. "), bad
+
+
 def test_start_prefers_headers_over_body(http: httpx.Client) -> None:
     url = start_upload(
         http, KEY_A, 2, "text/plain", file={"mime_type": "image/png", "size_bytes": 99}
