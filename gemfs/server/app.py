@@ -20,6 +20,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -27,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from gemfs.server import admin, errors, lenient_json, wire
 from gemfs.server.config import ServerConfig, project_of_key
 from gemfs.server.control import Control
+from gemfs.server.cors import Cors
 from gemfs.server.errors import ApiError
 from gemfs.server.responses import (
     BlobResponse,
@@ -585,7 +587,8 @@ def _final(file_json: dict[str, object], size: int) -> WireResponse:
 
 
 def create_app(config: ServerConfig, store: Store, control: Control | None = None) -> Starlette:
-    """The ASGI application: public routes, admin routes if enabled, and the sweep task."""
+    """The ASGI application: CORS in front of the public routes, admin routes if enabled,
+    and the sweep task."""
     api = FilesApi(config, store, control or Control(latency_seconds=config.latency_seconds))
 
     @contextlib.asynccontextmanager
@@ -600,6 +603,7 @@ def create_app(config: ServerConfig, store: Store, control: Control | None = Non
 
     app = Starlette(
         routes=api.routes(),
+        middleware=[Middleware(Cors)],
         exception_handlers={
             HTTPException: api.route_not_found,
             ApiError: api.api_error,

@@ -96,6 +96,22 @@ UPLOAD_ACTIVE = "active"
 UPLOAD_FINAL = "final"
 UPLOAD_CANCELLED = "cancelled"
 
+# §12 (INF: the real values are not recorded): CORS. The Origin is reflected and the requested
+# headers are allowed (what Google front ends do for API-key calls); these are the rest.
+CORS_ALLOW_METHODS = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+CORS_MAX_AGE_SECONDS = 3600
+# What a page's script may read of an answer: the resumable protocol's headers (the JS SDK's
+# web build reads the upload URL from the start answer, §12).
+CORS_EXPOSE_HEADERS = ", ".join(
+    (
+        H_UPLOAD_URL,
+        H_UPLOAD_STATUS,
+        H_UPLOAD_SIZE_RECEIVED,
+        H_UPLOAD_GRANULARITY,
+        H_UPLOAD_CONTROL_URL,
+    )
+)
+
 # §9.18 (INF): every JSON answer carries this content type.
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 

@@ -230,7 +230,9 @@ def test_error_after_a_chunk_makes_the_sdk_resend_what_was_stored(
     """A 503 after the chunk was stored: the SDK re-sends it and the server, recognising the
     copy, stores it once."""
     data = random.Random(5).randbytes(8 * MIB + 7)
-    server.admin.set_faults({"op": "upload_chunk", "action": "error", "status": 503, "when": "after"})
+    server.admin.set_faults(
+        {"op": "upload_chunk", "action": "error", "status": 503, "when": "after"}
+    )
     server.admin.reset_stats()
     f = client_a.files.upload(file=io.BytesIO(data), config={"mime_type": "text/plain"})
     assert f.size_bytes == len(data) and hex_of(f) == hashlib.sha256(data).hexdigest()

@@ -35,7 +35,10 @@ def test_every_json_document_reads_as_json_does(value: object, ascii_only: bool)
     [
         # The REST docs' start request (wire doc §12).
         (b"{'file': {'display_name': 'AUDIO'}}", {"file": {"display_name": "AUDIO"}}),
-        (b"{'a': 'it\\'s', \"b\": \"say \\\"hi\\\"\", 'c': \"'\"}", {"a": "it's", "b": 'say "hi"', "c": "'"}),
+        (
+            b"{'a': 'it\\'s', \"b\": \"say \\\"hi\\\"\", 'c': \"'\"}",
+            {"a": "it's", "b": 'say "hi"', "c": "'"},
+        ),
         (b"{'e': '\\u00e9\\ud83d\\ude00\\v\\q\\/'}", {"e": "\u00e9\U0001f600\v" + "q/"}),
         (b"{file: {displayName: 'x', $a_1: 2}}", {"file": {"displayName": "x", "$a_1": 2}}),
         (b"{nullable: null, trueish: true}", {"nullable": None, "trueish": True}),

@@ -530,3 +530,65 @@ def test_small_answers_are_not_delayed(server: ServerProcess, http: httpx.Client
     for _ in range(20):
         assert http.get("/v1beta/files", headers={"x-goog-api-key": KEY_A}).status_code == 200
     assert time.monotonic() - started < 0.4
+
+
+# --- CORS (§12): browsers with an API key -------------------------------------------------------
+
+ORIGIN = "https://app.example"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1beta/files", "/v1/files/abc", "/upload/v1beta/files", "/download/v1/files/a:download"],
+)
+def test_preflight_reflects_origin_and_requested_headers(
+    server: ServerProcess, http: httpx.Client, path: str
+) -> None:
+    server.admin.reset_stats()
+    requested = "x-goog-api-key, x-goog-upload-protocol, x-goog-upload-command, content-type"
+    r = http.options(
+        path,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": requested,
+        },
+    )
+    assert (r.status_code, r.content) == (200, b"")
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert r.headers["access-control-allow-headers"] == requested
+    methods = {m.strip() for m in r.headers["access-control-allow-methods"].split(",")}
+    assert {"GET", "POST", "DELETE"} <= methods
+    assert int(r.headers["access-control-max-age"]) > 0
+    assert set(server.admin.stats().values()) == {0}  # not an API call: not counted
+
+
+def test_answers_to_a_page_expose_the_upload_headers(server: ServerProcess) -> None:
+    headers = {**START_HEADERS, "Origin": ORIGIN}
+    r = raw_request(server.url, "POST", "/upload/v1beta/files", headers, b"{'file': {}}")
+    assert r.status == 200
+    assert r.header("Access-Control-Allow-Origin") == ORIGIN
+    exposed = {h.strip().lower() for h in r.header("Access-Control-Expose-Headers").split(",")}
+    assert {
+        "x-goog-upload-url",
+        "x-goog-upload-status",
+        "x-goog-upload-size-received",
+        "x-goog-upload-chunk-granularity",
+        "x-goog-upload-control-url",
+    } <= exposed
+    # Errors too, and the upload URL's own answers.
+    with server.http() as http:
+        missing = http.get(
+            "/v1beta/files/nope", headers={"x-goog-api-key": KEY_A, "Origin": ORIGIN}
+        )
+        assert missing.status_code == 403
+        assert missing.headers["access-control-allow-origin"] == ORIGIN
+        url = r.header("X-Goog-Upload-URL")
+        assert url is not None
+        q = http.post(url, headers={"X-Goog-Upload-Command": "query", "Origin": "null"})
+        assert q.headers["access-control-allow-origin"] == "null"
+        # Without an Origin (not a browser) nothing is added.
+        plain = http.get("/v1beta/files", headers={"x-goog-api-key": KEY_A})
+        assert "access-control-allow-origin" not in plain.headers
+        # OPTIONS elsewhere is still no method of the API.
+        assert http.options("/nowhere", headers={"Origin": ORIGIN}).status_code == 404
