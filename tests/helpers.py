@@ -109,6 +109,17 @@ class AdminClient:
         }
         return self._call("POST", "/seed", key=key, json=body)
 
+    def fail(
+        self, key: str, name: str, *, code: int | None = None, message: str | None = None
+    ) -> dict[str, Any]:
+        """Makes the File `name` FAILED from now on (with a google.rpc.Status); returns it."""
+        body: dict[str, Any] = {"name": name}
+        if code is not None:
+            body["code"] = code
+        if message is not None:
+            body["message"] = message
+        return self._call("POST", "/fail", key=key, json=body)
+
     def advance_clock(self, seconds: float) -> dict[str, Any]:
         """Moves the server's clock forward (and runs the sweep)."""
         return self._call("POST", "/clock", json={"advanceSeconds": seconds})

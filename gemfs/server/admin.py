@@ -1,6 +1,6 @@
 """The admin API for tests and benchmarks, under /_gemfs/admin/ and only with `--admin`:
-create GENERATED Files, seed many Files at once, read and reset request counters, script
-faults, and move the clock. See docs/SERVER.md for the contract.
+create GENERATED Files (with the long ids of other services, too), seed many Files at once, make
+a File end FAILED, read and reset request counters, script faults, and move the clock. See docs/SERVER.md for the contract.
 
 These routes are not part of the emulated API: they are not counted, delayed or faulted.
 """
@@ -39,6 +39,7 @@ def routes(api: FilesApi) -> list[Route]:
     return [
         Route("/generated", admin.wrap(admin.generated), methods=["POST"]),
         Route("/seed", admin.wrap(admin.seed), methods=["POST"]),
+        Route("/fail", admin.wrap(admin.fail), methods=["POST"]),
         Route("/stats", admin.wrap(admin.stats), methods=["GET"]),
         Route("/stats/reset", admin.wrap(admin.reset_stats), methods=["POST"]),
         Route("/faults", admin.wrap(admin.faults), methods=["GET", "POST", "DELETE"]),
@@ -98,6 +99,23 @@ class _Admin:
             lambda: self.store.seed(project, count, prefix=prefix, size=size, mime_type=mime_type)
         )
         return json_response({"count": len(recs), "names": [f"files/{r.id}" for r in recs]})
+
+    async def fail(self, request: Request) -> Response:
+        """{"name", "code"?, "message"?}: the key's File is FAILED with that error from now on."""
+        project = self.api.authenticate(request)
+        body = await self.api.read_json(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name.removeprefix("files/"):
+            raise errors.invalid_argument("'name' must be a File name (files/<id>).")
+        code = _int_field(body, "code", wire.DEFAULT_FAILURE_CODE, 1, 16)
+        message = body.get("message", wire.MSG_DEFAULT_FAILURE)
+        if not isinstance(message, str) or not message:
+            raise errors.invalid_argument("'message' must be a non-empty string.")
+        file_id = name.removeprefix("files/")
+        rec = await run_sync(self.store.fail_file, project, file_id, code, message)
+        if rec is None:
+            raise errors.file_not_found(file_id)
+        return json_response(self.api.render(rec))
 
     async def stats(self, request: Request) -> Response:
         return json_response({"requests": self.control.stats.snapshot()})

@@ -68,6 +68,21 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def processing_times(text: str) -> dict[str, float]:
+    """`video=10,audio=2,pdf=1`: seconds a File stays PROCESSING, by class of MIME type."""
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        kind, sep, seconds = item.strip().partition("=")
+        kind = kind.strip().lower()
+        if not sep or kind not in wire.PROCESSING_CLASSES:
+            raise argparse.ArgumentTypeError(
+                f"not CLASS=SECONDS: {item.strip()!r} (classes: "
+                f"{', '.join(wire.PROCESSING_CLASSES)}; e.g. video=10,audio=2)"
+            )
+        out[kind] = _non_negative_float(seconds.strip())
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)"
@@ -131,11 +146,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="delay added to every API request, to simulate a WAN (default 0)",
     )
     parser.add_argument(
+        "--processing-seconds",
+        type=processing_times,
+        action="append",
+        default=[],
+        metavar="CLASS=S,...",
+        help="how long Files stay PROCESSING after upload, by class: video (video/*), audio "
+        "(audio/*), pdf (application/pdf); e.g. video=10,audio=2,pdf=1 (default "
+        + ",".join(f"{k}={v:g}" for k, v in wire.DEFAULT_PROCESSING_SECONDS.items())
+        + "; repeatable)",
+    )
+    parser.add_argument(
         "--video-processing-seconds",
         type=_non_negative_float,
-        default=wire.DEFAULT_VIDEO_PROCESSING_SECONDS,
+        default=None,
         metavar="S",
-        help="video/* Files stay PROCESSING this long (default %(default)s)",
+        help="the same as --processing-seconds video=S "
+        f"(default {wire.DEFAULT_VIDEO_PROCESSING_SECONDS:g})",
     )
     parser.add_argument(
         "--admin",
@@ -190,6 +217,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise UsageError("--public-url must be an absolute http:// or https:// URL")
     if args.sweep_interval <= 0:
         raise UsageError("--sweep-interval must be > 0")
+    processing = dict(wire.DEFAULT_PROCESSING_SECONDS)
+    for given in args.processing_seconds:
+        processing.update(given)
+    if args.video_processing_seconds is not None:
+        if any("video" in given for given in args.processing_seconds):
+            raise UsageError("give the video processing time once, not in both options")
+        processing["video"] = args.video_processing_seconds
     return ServerConfig(
         data_dir=(args.data or default_data_dir()).expanduser(),
         projects=_read_keys(args),
@@ -197,7 +231,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_file_size=args.max_file_size,
         project_quota=args.project_quota,
         latency_seconds=args.latency_ms / 1000.0,
-        video_processing_seconds=args.video_processing_seconds,
+        processing_seconds=processing,
         admin=args.admin,
         public_url=args.public_url,
         sweep_interval_seconds=args.sweep_interval,
@@ -369,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
         file_ttl_seconds=config.file_ttl_seconds,
         max_file_size=config.max_file_size,
         project_quota=config.project_quota,
-        video_processing_seconds=config.video_processing_seconds,
+        processing_seconds=config.processing_seconds,
     )
     try:
         store = Store(config.data_dir, limits=limits, clock=Clock())

@@ -65,9 +65,25 @@ CHUNK_GRANULARITY = 8 * 1024 * 1024
 # §2.2 (REAL R5 shows a long URL-safe token): bytes of randomness in an upload id.
 UPLOAD_TOKEN_BYTES = 48
 
-# §9.12: video/* files stay PROCESSING this long after finalize (real: seconds to minutes).
+# §3.3, §9.12: how long a File stays PROCESSING after finalize, by class of MIME type. Real:
+# video seconds to minutes; audio (and JSONL) ACTIVE in the finalize answer (R2, R3); PDF UNK.
+# Tests set each (`--processing-seconds`) to see the life of a File.
+PROCESSING_CLASSES = ("video", "audio", "pdf")
 DEFAULT_VIDEO_PROCESSING_SECONDS = 2.0
-PROCESSING_MIME_PREFIX = "video/"
+DEFAULT_PROCESSING_SECONDS = {"video": DEFAULT_VIDEO_PROCESSING_SECONDS, "audio": 0.0, "pdf": 0.0}
+
+
+def processing_class(mime_type: str) -> str | None:
+    """The class whose processing time applies to a File of this MIME type, if any."""
+    mime = mime_type.strip().lower()
+    if mime.startswith("video/"):
+        return "video"
+    if mime.startswith("audio/"):
+        return "audio"
+    if mime == "application/pdf":
+        return "pdf"
+    return None
+
 
 # §2.5 (P2, D2): default 10, max 100. §9.7 (UNK, AIP convention): <= 0 -> default, > max -> max.
 PAGE_SIZE_DEFAULT = 10
@@ -77,6 +93,11 @@ PAGE_SIZE_MAX = 100
 
 STATE_PROCESSING = "PROCESSING"
 STATE_ACTIVE = "ACTIVE"
+STATE_FAILED = "FAILED"
+# §3.3 (the messages of FAILED Files are UNK): what the admin API's `fail` sets by default, a
+# google.rpc.Status with code INTERNAL.
+DEFAULT_FAILURE_CODE = 13
+MSG_DEFAULT_FAILURE = "The file could not be processed."
 SOURCE_UPLOADED = "UPLOADED"
 SOURCE_GENERATED = "GENERATED"
 SOURCE_REGISTERED = "REGISTERED"
@@ -239,6 +260,8 @@ class FileLike(Protocol):
     ready_us: int
     expire_us: int
     source: str
+    error_code: int | None
+    error_message: str | None
 
 
 def timestamp_us(us: int) -> str:
@@ -267,11 +290,13 @@ def file_uri(file_id: str) -> str:
 def file_resource(rec: FileLike, now_us: int) -> dict[str, object]:
     """The File as proto3 JSON (§3.1): camelCase, defaults omitted, int64 as string.
 
-    Key order follows the real responses (§3.2). State is derived from the clock so that
-    processing finishes without a background task (§9.12): once `ready_us` has passed the file
-    is ACTIVE and its updateTime is the moment it became so.
+    Key order follows the real responses (§3.2) and, for `error`, the proto's field order.
+    State is derived from the clock so that processing finishes without a background task
+    (§9.12): once `ready_us` has passed the File is ACTIVE, or FAILED with its `error` if it was
+    made to fail, and its updateTime is the moment it became so.
     """
     active = now_us >= rec.ready_us
+    failed = active and rec.error_code is not None
     out: dict[str, object] = {"name": f"files/{rec.id}"}
     if rec.display_name:
         out["displayName"] = rec.display_name
@@ -286,8 +311,10 @@ def file_resource(rec: FileLike, now_us: int) -> dict[str, object]:
     out["uri"] = file_uri(rec.id)
     if rec.source == SOURCE_GENERATED:
         out["downloadUri"] = file_uri(rec.id) + ":download?alt=media"
-    out["state"] = STATE_ACTIVE if active else STATE_PROCESSING
+    out["state"] = STATE_FAILED if failed else STATE_ACTIVE if active else STATE_PROCESSING
     out["source"] = rec.source
+    if failed:
+        out["error"] = {"code": rec.error_code, "message": rec.error_message or ""}
     return out
 
 

@@ -391,6 +391,64 @@ def test_video_processing_by_clock(server: ServerProcess, client_a) -> None:
     assert done.update_time - done.create_time == dt.timedelta(seconds=2)
 
 
+def test_processing_time_by_class(server_factory) -> None:
+    srv = server_factory(args=["--processing-seconds", "video=100,audio=50,pdf=20"])
+    client = srv.client(KEY_A)
+    uploaded = {
+        mime: client.files.upload(file=io.BytesIO(b"m"), config={"mime_type": mime})
+        for mime in ("video/mp4", "audio/mpeg", "application/pdf", "text/plain")
+    }
+
+    def states() -> dict[str, types.FileState]:
+        return {mime: client.files.get(name=f.name).state for mime, f in uploaded.items()}
+
+    P, A = types.FileState.PROCESSING, types.FileState.ACTIVE
+    assert [f.state for f in uploaded.values()] == [P, P, P, A]
+    for seconds, expected in ((20.5, [P, P, A, A]), (30, [P, A, A, A]), (50, [A, A, A, A])):
+        srv.admin.advance_clock(seconds)
+        assert list(states().values()) == expected
+    for mime, seconds in (("video/mp4", 100), ("audio/mpeg", 50), ("application/pdf", 20)):
+        done = client.files.get(name=uploaded[mime].name)
+        assert done.update_time - done.create_time == dt.timedelta(seconds=seconds), mime
+
+
+def test_a_file_made_to_fail(server_factory) -> None:
+    srv = server_factory(args=["--processing-seconds", "video=60"])
+    client = srv.client(KEY_A)
+    video = client.files.upload(file=io.BytesIO(b"v"), config={"mime_type": "video/mp4"})
+    assert video.state == types.FileState.PROCESSING
+    answer = srv.admin.fail(KEY_A, video.name, code=3, message="Unsupported video codec.")
+    assert (answer["state"], answer["error"]) == (
+        "FAILED",
+        {"code": 3, "message": "Unsupported video codec."},
+    )
+    assert list(answer)[-3:] == ["state", "source", "error"]  # the proto's field order
+    failed = client.files.get(name=video.name)
+    assert failed.state == types.FileState.FAILED
+    assert (failed.error.code, failed.error.message) == (3, "Unsupported video codec.")
+    srv.admin.advance_clock(120)  # processing time passing changes nothing
+    assert [(f.name, f.state) for f in client.files.list()] == [
+        (video.name, types.FileState.FAILED)
+    ]
+    # An ACTIVE File can be made to fail too; the default error is INTERNAL.
+    text = client.files.upload(file=io.BytesIO(b"t"), config={"mime_type": "text/plain"})
+    answer = srv.admin.fail(KEY_A, text.name)
+    assert answer["error"] == {"code": 13, "message": "The file could not be processed."}
+    assert answer["updateTime"] > answer["createTime"]
+    with srv.http() as http:
+        for body, status in (
+            ({"name": "files/nothere"}, 403),
+            ({"name": text.name}, 403),  # another project's key below
+            ({"name": video.name, "code": 0}, 400),
+            ({"name": video.name, "message": ""}, 400),
+            ({}, 400),
+        ):
+            key = KEY_B if body.get("name") == text.name else KEY_A
+            r = http.post("/_gemfs/admin/fail", json=body, headers={"x-goog-api-key": key})
+            assert r.status_code == status, body
+    assert client.files.get(name=text.name).state == types.FileState.FAILED
+
+
 def test_video_processing_in_real_time(server_factory) -> None:
     srv = server_factory(args=["--video-processing-seconds", "0.3"])
     client = srv.client(KEY_A)
