@@ -1,6 +1,7 @@
 """The admin API for tests and benchmarks, under /_gemfs/admin/ and only with `--admin`:
 create GENERATED Files (with the long ids of other services, too), seed many Files at once, make
-a File end FAILED, read and reset request counters, script faults, and move the clock. See docs/SERVER.md for the contract.
+a File end FAILED, read and reset request counters, script faults, and move the clock. See
+docs/SERVER.md for the contract.
 
 These routes are not part of the emulated API: they are not counted, delayed or faulted.
 """
