@@ -9,33 +9,23 @@ These routes are not part of the emulated API: they are not counted, delayed or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gemfs.server import errors, wire
 from gemfs.server.control import FaultRule, RuleError
-from gemfs.server.errors import ApiError
-from gemfs.server.responses import failure_response, json_response
-from gemfs.server.store import StoreError
-
-if TYPE_CHECKING:
-    from gemfs.server.app import FilesApi
+from gemfs.server.plumbing import Handler, Plumbing, run_sync
+from gemfs.server.responses import json_response
 
 log = logging.getLogger(__name__)
-
-run_sync = anyio.to_thread.run_sync
 
 PREFIX = "/_gemfs/admin"
 MAX_SEED_COUNT = 100_000
 DEFAULT_GENERATED_MIME = "application/octet-stream"
 
 
-def routes(api: FilesApi) -> list[Route]:
+def routes(api: Plumbing) -> list[Route]:
     admin = _Admin(api)
     return [
         Route("/generated", admin.wrap(admin.generated), methods=["POST"]),
@@ -49,19 +39,16 @@ def routes(api: FilesApi) -> list[Route]:
 
 
 class _Admin:
-    def __init__(self, api: FilesApi) -> None:
+    def __init__(self, api: Plumbing) -> None:
         self.api = api
         self.store = api.store
         self.control = api.control
 
-    def wrap(
-        self, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
+    def wrap(self, handler: Handler) -> Handler:
+        """The same error handling as the public routes, without the control plane."""
+
         async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ApiError, StoreError) as exc:
-                return await failure_response(request, exc)
+            return await self.api.guard(request, None, handler)
 
         return endpoint
 

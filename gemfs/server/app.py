@@ -2,8 +2,9 @@
 register, served alike under /v1, /v1beta and /v1alpha, plus the Starlette application that
 puts them, the admin routes and the periodic sweep together.
 
-Handlers parse and validate the request, call the store off the event loop, and render the
-answer with `wire`; they never touch disk or SQLite themselves.
+Handlers parse and validate the request (with the helpers of `plumbing`, shared with the admin
+routes), call the store off the event loop, and render the answer with `wire`; they never touch
+disk or SQLite themselves.
 """
 
 from __future__ import annotations
@@ -13,41 +14,32 @@ import contextlib
 import logging
 import mimetypes
 import os
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from gemfs.server import admin, errors, lenient_json, wire
+from gemfs.server import admin, errors, wire
 from gemfs.server.config import ServerConfig, project_of_key
 from gemfs.server.control import Control
 from gemfs.server.cors import Cors
 from gemfs.server.errors import ApiError
+from gemfs.server.plumbing import Handler, Plumbing, run_sync
 from gemfs.server.responses import (
     BlobResponse,
-    NoResponse,
     WireResponse,
     discard_body,
     error_response,
-    failure_response,
     json_response,
 )
-from gemfs.server.store import FileRecord, Overflow, Store, StoreError, UploadSession
+from gemfs.server.store import FileRecord, Overflow, Store, UploadSession
 
 log = logging.getLogger(__name__)
-
-# Request bodies are written to disk in pieces of this size: large enough that thread hops are
-# rare, small enough that many concurrent uploads stay cheap in memory.
-WRITE_PIECE = 1024 * 1024
-# JSON request bodies (upload start, register, admin) are tiny; refuse to buffer big ones.
-MAX_JSON_BODY = 1024 * 1024
 
 UPLOAD_COMMANDS = frozenset({"upload", "finalize", "query", "cancel"})
 
@@ -77,10 +69,6 @@ register_url_convertor("gemfs_version", _VersionConvertor())
 register_url_convertor("gemfs_file", _FileIdConvertor())
 
 
-# Blocking store work runs in worker threads; a cancelled request still lets it finish.
-run_sync = anyio.to_thread.run_sync
-
-
 class _KeyedLocks:
     """One asyncio lock per key, existing only while someone holds or waits for it."""
 
@@ -100,13 +88,11 @@ class _KeyedLocks:
                 del self._locks[key]
 
 
-class FilesApi:
-    """The handlers, with the state they share: config, store, control plane, session locks."""
+class FilesApi(Plumbing):
+    """The handlers, on the shared plumbing, and the locks of the upload sessions."""
 
     def __init__(self, config: ServerConfig, store: Store, control: Control) -> None:
-        self.config = config
-        self.store = store
-        self.control = control
+        super().__init__(config, store, control)
         self._session_locks = _KeyedLocks()
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -137,105 +123,11 @@ class FilesApi:
             routes.append(Mount(admin.PREFIX, routes=admin.routes(self)))
         return routes
 
-    def _public(
-        self, op: str, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
+    def _public(self, op: str, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
             return await self.guard(request, op, handler)
 
         return endpoint
-
-    async def guard(
-        self, request: Request, op: str, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Runs a public handler behind the control plane and turns every failure into a
-        Google-shaped answer, which a fault rule set to fire after the handler may replace."""
-        try:
-            early = await self.control.admit(request, op)
-            if early is not None:
-                return early
-            response = await handler(request)
-        except (ApiError, StoreError) as exc:
-            response = await failure_response(request, exc)
-        except ClientDisconnect:
-            return NoResponse()
-        except Exception:
-            log.exception("internal error on %s %s", request.method, request.url.path)
-            response = error_response(errors.internal())
-        return await self.control.answer(request, response)
-
-    def authenticate(self, request: Request) -> str:
-        """The project of the request's API key (header `x-goog-api-key`, else `?key=`)."""
-        key = request.headers.get("x-goog-api-key")
-        if key is None:
-            key = request.query_params.get("key")
-        key = (key or "").strip()
-        if not key:
-            raise errors.unregistered_caller()
-        project = project_of_key(key)
-        if self.config.projects and project not in self.config.projects:
-            raise errors.invalid_api_key()
-        return project
-
-    async def read_json(self, request: Request) -> dict:
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_JSON_BODY:
-                raise errors.invalid_argument(
-                    wire.MSG_PAYLOAD_TOO_LARGE.format(limit=MAX_JSON_BODY)
-                )
-        if not body.strip():
-            return {}
-        try:
-            # As leniently as the real front end (single quotes, bare keys), and never a lone
-            # surrogate, which could be neither stored (SQLite wants UTF-8) nor a file name.
-            payload = lenient_json.loads(bytes(body))
-        except lenient_json.JsonSyntaxError as exc:
-            raise errors.invalid_argument(wire.MSG_INVALID_JSON.format(detail=str(exc))) from None
-        if not isinstance(payload, dict):
-            raise errors.invalid_argument(
-                wire.MSG_INVALID_JSON.format(detail="Expected a JSON object.")
-            )
-        return payload
-
-    async def pump_body(self, request: Request, write: Callable[[bytearray], None]) -> None:
-        """Streams the request body into `write` (called in a worker thread) piece by piece,
-        so no more than WRITE_PIECE bytes of a request are ever held in memory."""
-        buf = bytearray()
-        async for piece in request.stream():
-            buf += piece
-            if len(buf) >= WRITE_PIECE:
-                data, buf = buf, bytearray()
-                await run_sync(write, data)
-        if buf:
-            await run_sync(write, buf)
-
-    @staticmethod
-    def parse_user_name(value: object, rule: re.Pattern[str] = wire.USER_ID_RE) -> str | None:
-        """A chosen File id from `files/<id>` or `<id>`, by the user's rule (§9.5) unless told
-        otherwise; None if not given."""
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
-        file_id = value.removeprefix("files/")
-        if not rule.fullmatch(file_id):
-            raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
-        return file_id
-
-    @staticmethod
-    def parse_display_name(value: object) -> str | None:
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise errors.invalid_argument(wire.MSG_INVALID_DISPLAY_NAME)
-        if len(value) > wire.DISPLAY_NAME_MAX_CHARS:
-            raise errors.invalid_argument(wire.MSG_DISPLAY_NAME_TOO_LONG)
-        return value
-
-    def render(self, rec: FileRecord) -> dict[str, object]:
-        return wire.file_resource(rec, self.store.now_us())
 
     def _upload_base(self, request: Request) -> str:
         if self.config.public_url:

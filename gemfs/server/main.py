@@ -33,6 +33,8 @@ from gemfs.server.config import (
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from gemfs.server.store import Limits
+
 log = logging.getLogger(__name__)
 
 # Query parameters that are secrets (API key, upload-session bearer token) and never logged.
@@ -239,6 +241,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def store_limits(config: ServerConfig) -> Limits:
+    """What the store enforces, from the server's settings."""
+    from gemfs.server.store import Limits
+
+    return Limits(
+        file_ttl_seconds=config.file_ttl_seconds,
+        max_file_size=config.max_file_size,
+        project_quota=config.project_quota,
+        processing_seconds=config.processing_seconds,
+    )
+
+
 def _configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -397,16 +411,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gemfs.server.app import create_app
-    from gemfs.server.store import Clock, Limits, Store, StoreError
+    from gemfs.server.store import Clock, Store, StoreError
 
-    limits = Limits(
-        file_ttl_seconds=config.file_ttl_seconds,
-        max_file_size=config.max_file_size,
-        project_quota=config.project_quota,
-        processing_seconds=config.processing_seconds,
-    )
     try:
-        store = Store(config.data_dir, limits=limits, clock=Clock())
+        store = Store(config.data_dir, limits=store_limits(config), clock=Clock())
     except (StoreError, OSError) as exc:
         print(f"gemfs serve: cannot open data directory {config.data_dir}: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,12 @@ PACKAGE = "@google/genai"
 MIB = 1024 * 1024
 
 
+@pytest.fixture
+def server(server_process: ServerProcess) -> ServerProcess:
+    """A `gemfs serve` subprocess: node connects to a real socket."""
+    return server_process
+
+
 def _pinned_version() -> str:
     return json.loads((JS_DIR / "package.json").read_text())["dependencies"][PACKAGE]
 

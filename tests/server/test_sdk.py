@@ -160,9 +160,10 @@ def test_display_name_limit(client_a) -> None:
 
 
 @pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
-def test_async_client(server: ServerProcess, transport: str) -> None:
+def test_async_client(server_process: ServerProcess, transport: str) -> None:
     """The SDK's async client over each transport it has: upload (several chunks), get, list
-    (paged), download, delete."""
+    (paged), download, delete. A real server: the transports make their own connections."""
+    server = server_process
     if transport == "aiohttp":
         pytest.importorskip("aiohttp", reason="the SDK's aiohttp transport needs aiohttp")
         options: dict = {}  # with aiohttp installed, the SDK's async client uses it by default
