@@ -1,5 +1,7 @@
 """Shared test helpers: `ServerProcess` runs `gemfs serve` as a subprocess and talks to it (the
-SDK for the public API, httpx for the admin API); `wait_for` polls a condition with a deadline.
+SDK for the public API, httpx for the admin API); `InProcessServer` offers the same interface
+over the server's ASGI app run in the test's own process (no socket, no process start);
+`wait_for` polls a condition with a deadline.
 
 Other test folders import these (`from tests.helpers import ServerProcess`).
 """
@@ -46,16 +48,15 @@ def wait_for(
 class AdminClient:
     """The server's /_gemfs/admin/ API (needs `--admin`)."""
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess | InProcessServer) -> None:
         self._server = server
 
     def _call(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
         headers = kwargs.pop("headers", {})
         if key is not None:
             headers["x-goog-api-key"] = key
-        response = httpx.request(
-            method, self._server.url + ADMIN + path, headers=headers, timeout=60, **kwargs
-        )
+        with self._server.http(timeout=60) as http:
+            response = http.request(method, ADMIN + path, headers=headers, **kwargs)
         if response.status_code != 200:
             raise AssertionError(f"admin {method} {path}: {response.status_code} {response.text}")
         return response.json()
@@ -108,6 +109,17 @@ class AdminClient:
             "mimeType": mime_type,
         }
         return self._call("POST", "/seed", key=key, json=body)
+
+    def fail(
+        self, key: str, name: str, *, code: int | None = None, message: str | None = None
+    ) -> dict[str, Any]:
+        """Makes the File `name` FAILED from now on (with a google.rpc.Status); returns it."""
+        body: dict[str, Any] = {"name": name}
+        if code is not None:
+            body["code"] = code
+        if message is not None:
+            body["message"] = message
+        return self._call("POST", "/fail", key=key, json=body)
 
     def advance_clock(self, seconds: float) -> dict[str, Any]:
         """Moves the server's clock forward (and runs the sweep)."""
@@ -284,3 +296,107 @@ class ServerProcess:
     def http(self, **kwargs: Any) -> httpx.Client:
         """A plain httpx client with this server as base URL (for raw wire checks)."""
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+
+class InProcessServer:
+    """The server's ASGI app in this process, for tests that need no socket: the options are
+    parsed as `gemfs serve` parses them, and requests go through Starlette's `TestClient`
+    transport (the app runs on a portal thread with its lifespan). Offers what tests use of
+    `ServerProcess`: `.url`, `.data_dir`, `.client(key)`, `.http()`, `.admin`, `.restart()`,
+    `.stop()`, and `.store` for looking inside.
+
+    What needs a real connection stays with `ServerProcess`: raw-socket wire checks, faults that
+    reset or close the connection, the CLI, signals, restarts after a kill, memory figures, and
+    clients that bring their own transport (the async SDK, node).
+    """
+
+    url = "http://testserver"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        keys: Sequence[str] = DEFAULT_KEYS,
+        args: Iterable[str] = (),
+        admin: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.keys = tuple(keys)
+        self.args = list(args)
+        self.admin_enabled = admin
+        self.key_file = self.data_dir.with_name(self.data_dir.name + ".keys")
+        self.admin = AdminClient(self)
+        self.store: Any = None
+        self._test_client: Any = None
+
+    def start(self) -> InProcessServer:
+        from starlette.testclient import TestClient
+
+        from gemfs.cli import build_parser
+        from gemfs.server import main as server_main
+        from gemfs.server.app import create_app
+        from gemfs.server.store import Clock, Store
+
+        assert self._test_client is None, "already running"
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["serve", "--data", str(self.data_dir)]
+        if self.admin_enabled:
+            argv.append("--admin")
+        if self.keys:
+            self.key_file.write_text("".join(k + "\n" for k in self.keys))
+            argv += ["--api-key-file", str(self.key_file)]
+        config = server_main.config_from_args(build_parser().parse_args(argv + self.args))
+        self.store = Store(config.data_dir, limits=server_main.store_limits(config), clock=Clock())
+        try:
+            client = TestClient(
+                create_app(config, self.store), base_url=self.url, raise_server_exceptions=True
+            )
+            client.__enter__()  # runs the lifespan (the sweep task)
+        except BaseException:
+            self.store.close()
+            raise
+        self._test_client = client
+        return self
+
+    def stop(self) -> None:
+        if self._test_client is not None:
+            client, self._test_client = self._test_client, None
+            try:
+                client.__exit__(None, None, None)
+            finally:
+                self.store.close()
+
+    def restart(self) -> InProcessServer:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> InProcessServer:
+        return self.start() if self._test_client is None else self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.stop()
+
+    def client(self, key: str, **http_options: Any) -> Any:
+        """A real `google.genai.Client` whose requests reach the app in process."""
+        from google import genai
+        from google.genai import types
+
+        return genai.Client(
+            api_key=key,
+            http_options=types.HttpOptions(
+                base_url=self.url, httpx_client=self.http(), **http_options
+            ),
+        )
+
+    def http(self, **kwargs: Any) -> Any:
+        """A plain httpx client whose requests reach the app in process: an `httpx2.Client`
+        (the httpx fork Starlette's TestClient is built on) on the TestClient's transport."""
+        import httpx2
+
+        assert self._test_client is not None, "not running"
+        return httpx2.Client(
+            base_url=self.url,
+            transport=self._test_client._transport,
+            timeout=kwargs.pop("timeout", 60),
+            **kwargs,
+        )

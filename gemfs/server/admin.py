@@ -1,6 +1,7 @@
 """The admin API for tests and benchmarks, under /_gemfs/admin/ and only with `--admin`:
-create GENERATED Files, seed many Files at once, read and reset request counters, script
-faults, and move the clock. See docs/SERVER.md for the contract.
+create GENERATED Files (with the long ids of other services, too), seed many Files at once, make
+a File end FAILED, read and reset request counters, script faults, and move the clock. See
+docs/SERVER.md for the contract.
 
 These routes are not part of the emulated API: they are not counted, delayed or faulted.
 """
@@ -8,37 +9,28 @@ These routes are not part of the emulated API: they are not counted, delayed or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gemfs.server import errors, wire
 from gemfs.server.control import FaultRule, RuleError
-from gemfs.server.errors import ApiError
-from gemfs.server.responses import failure_response, json_response
-from gemfs.server.store import StoreError
-
-if TYPE_CHECKING:
-    from gemfs.server.app import FilesApi
+from gemfs.server.plumbing import Handler, Plumbing, run_sync
+from gemfs.server.responses import json_response
 
 log = logging.getLogger(__name__)
-
-run_sync = anyio.to_thread.run_sync
 
 PREFIX = "/_gemfs/admin"
 MAX_SEED_COUNT = 100_000
 DEFAULT_GENERATED_MIME = "application/octet-stream"
 
 
-def routes(api: FilesApi) -> list[Route]:
+def routes(api: Plumbing) -> list[Route]:
     admin = _Admin(api)
     return [
         Route("/generated", admin.wrap(admin.generated), methods=["POST"]),
         Route("/seed", admin.wrap(admin.seed), methods=["POST"]),
+        Route("/fail", admin.wrap(admin.fail), methods=["POST"]),
         Route("/stats", admin.wrap(admin.stats), methods=["GET"]),
         Route("/stats/reset", admin.wrap(admin.reset_stats), methods=["POST"]),
         Route("/faults", admin.wrap(admin.faults), methods=["GET", "POST", "DELETE"]),
@@ -47,19 +39,16 @@ def routes(api: FilesApi) -> list[Route]:
 
 
 class _Admin:
-    def __init__(self, api: FilesApi) -> None:
+    def __init__(self, api: Plumbing) -> None:
         self.api = api
         self.store = api.store
         self.control = api.control
 
-    def wrap(
-        self, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
+    def wrap(self, handler: Handler) -> Handler:
+        """The same error handling as the public routes, without the control plane."""
+
         async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ApiError, StoreError) as exc:
-                return await failure_response(request, exc)
+            return await self.api.guard(request, None, handler)
 
         return endpoint
 
@@ -67,7 +56,8 @@ class _Admin:
         """Body bytes -> a GENERATED File with a downloadUri, in the key's project."""
         project = self.api.authenticate(request)
         params = request.query_params
-        name = self.api.parse_user_name(params.get("name"))
+        # Files of other services (batch outputs) have ids the user rule refuses (§12).
+        name = self.api.parse_user_name(params.get("name"), wire.SERVICE_ID_RE)
         display_name = self.api.parse_display_name(params.get("displayName"))
         mime_type = params.get("mimeType") or DEFAULT_GENERATED_MIME
         writer = await run_sync(self.store.new_blob_writer)
@@ -97,6 +87,23 @@ class _Admin:
             lambda: self.store.seed(project, count, prefix=prefix, size=size, mime_type=mime_type)
         )
         return json_response({"count": len(recs), "names": [f"files/{r.id}" for r in recs]})
+
+    async def fail(self, request: Request) -> Response:
+        """{"name", "code"?, "message"?}: the key's File is FAILED with that error from now on."""
+        project = self.api.authenticate(request)
+        body = await self.api.read_json(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name.removeprefix("files/"):
+            raise errors.invalid_argument("'name' must be a File name (files/<id>).")
+        code = _int_field(body, "code", wire.DEFAULT_FAILURE_CODE, 1, 16)
+        message = body.get("message", wire.MSG_DEFAULT_FAILURE)
+        if not isinstance(message, str) or not message:
+            raise errors.invalid_argument("'message' must be a non-empty string.")
+        file_id = name.removeprefix("files/")
+        rec = await run_sync(self.store.fail_file, project, file_id, code, message)
+        if rec is None:
+            raise errors.file_not_found(file_id)
+        return json_response(self.api.render(rec))
 
     async def stats(self, request: Request) -> Response:
         return json_response({"requests": self.control.stats.snapshot()})

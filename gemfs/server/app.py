@@ -2,50 +2,44 @@
 register, served alike under /v1, /v1beta and /v1alpha, plus the Starlette application that
 puts them, the admin routes and the periodic sweep together.
 
-Handlers parse and validate the request, call the store off the event loop, and render the
-answer with `wire`; they never touch disk or SQLite themselves.
+Handlers parse and validate the request (with the helpers of `plumbing`, shared with the admin
+routes), call the store off the event loop, and render the answer with `wire`; they never touch
+disk or SQLite themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import mimetypes
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gemfs.server import admin, errors, wire
 from gemfs.server.config import ServerConfig, project_of_key
 from gemfs.server.control import Control
+from gemfs.server.cors import Cors
 from gemfs.server.errors import ApiError
+from gemfs.server.plumbing import Handler, Plumbing, run_sync
 from gemfs.server.responses import (
     BlobResponse,
-    NoResponse,
     WireResponse,
     discard_body,
     error_response,
-    failure_response,
     json_response,
 )
-from gemfs.server.store import FileRecord, Overflow, Store, StoreError, UploadSession
+from gemfs.server.store import FileRecord, Overflow, Store, UploadSession
 
 log = logging.getLogger(__name__)
-
-# Request bodies are written to disk in pieces of this size: large enough that thread hops are
-# rare, small enough that many concurrent uploads stay cheap in memory.
-WRITE_PIECE = 1024 * 1024
-# JSON request bodies (upload start, register, admin) are tiny; refuse to buffer big ones.
-MAX_JSON_BODY = 1024 * 1024
 
 UPLOAD_COMMANDS = frozenset({"upload", "finalize", "query", "cancel"})
 
@@ -75,10 +69,6 @@ register_url_convertor("gemfs_version", _VersionConvertor())
 register_url_convertor("gemfs_file", _FileIdConvertor())
 
 
-# Blocking store work runs in worker threads; a cancelled request still lets it finish.
-run_sync = anyio.to_thread.run_sync
-
-
 class _KeyedLocks:
     """One asyncio lock per key, existing only while someone holds or waits for it."""
 
@@ -98,13 +88,11 @@ class _KeyedLocks:
                 del self._locks[key]
 
 
-class FilesApi:
-    """The handlers, with the state they share: config, store, control plane, session locks."""
+class FilesApi(Plumbing):
+    """The handlers, on the shared plumbing, and the locks of the upload sessions."""
 
     def __init__(self, config: ServerConfig, store: Store, control: Control) -> None:
-        self.config = config
-        self.store = store
-        self.control = control
+        super().__init__(config, store, control)
         self._session_locks = _KeyedLocks()
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -135,109 +123,11 @@ class FilesApi:
             routes.append(Mount(admin.PREFIX, routes=admin.routes(self)))
         return routes
 
-    def _public(
-        self, op: str, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
+    def _public(self, op: str, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
             return await self.guard(request, op, handler)
 
         return endpoint
-
-    async def guard(
-        self, request: Request, op: str, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Runs a public handler behind the control plane and turns every failure into a
-        Google-shaped answer."""
-        try:
-            early = await self.control.admit(request, op)
-            if early is not None:
-                return early
-            return await handler(request)
-        except (ApiError, StoreError) as exc:
-            return await failure_response(request, exc)
-        except ClientDisconnect:
-            return NoResponse()
-        except Exception:
-            log.exception("internal error on %s %s", request.method, request.url.path)
-            return error_response(errors.internal())
-
-    def authenticate(self, request: Request) -> str:
-        """The project of the request's API key (header `x-goog-api-key`, else `?key=`)."""
-        key = request.headers.get("x-goog-api-key")
-        if key is None:
-            key = request.query_params.get("key")
-        key = (key or "").strip()
-        if not key:
-            raise errors.unregistered_caller()
-        project = project_of_key(key)
-        if self.config.projects and project not in self.config.projects:
-            raise errors.invalid_api_key()
-        return project
-
-    async def read_json(self, request: Request) -> dict:
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_JSON_BODY:
-                raise errors.invalid_argument(
-                    wire.MSG_PAYLOAD_TOO_LARGE.format(limit=MAX_JSON_BODY)
-                )
-        if not body.strip():
-            return {}
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise errors.invalid_argument(wire.MSG_INVALID_JSON.format(detail=str(exc))) from None
-        if not isinstance(payload, dict):
-            raise errors.invalid_argument(
-                wire.MSG_INVALID_JSON.format(detail="Expected a JSON object.")
-            )
-        try:
-            # JSON may spell a lone surrogate ("\ud800"), which is no Unicode text: it could
-            # not be stored (SQLite wants UTF-8) nor become a file name, so it is refused here.
-            json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise errors.invalid_argument(
-                wire.MSG_INVALID_JSON.format(detail="Strings must be valid Unicode.")
-            ) from None
-        return payload
-
-    async def pump_body(self, request: Request, write: Callable[[bytearray], None]) -> None:
-        """Streams the request body into `write` (called in a worker thread) piece by piece,
-        so no more than WRITE_PIECE bytes of a request are ever held in memory."""
-        buf = bytearray()
-        async for piece in request.stream():
-            buf += piece
-            if len(buf) >= WRITE_PIECE:
-                data, buf = buf, bytearray()
-                await run_sync(write, data)
-        if buf:
-            await run_sync(write, buf)
-
-    @staticmethod
-    def parse_user_name(value: object) -> str | None:
-        """A user-chosen File id from `files/<id>` or `<id>` (§9.5); None if not given."""
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
-        file_id = value.removeprefix("files/")
-        if not wire.USER_ID_RE.fullmatch(file_id):
-            raise errors.invalid_argument(wire.MSG_INVALID_NAME.format(name=value))
-        return file_id
-
-    @staticmethod
-    def parse_display_name(value: object) -> str | None:
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise errors.invalid_argument(wire.MSG_INVALID_DISPLAY_NAME)
-        if len(value) > wire.DISPLAY_NAME_MAX_CHARS:
-            raise errors.invalid_argument(wire.MSG_DISPLAY_NAME_TOO_LONG)
-        return value
-
-    def render(self, rec: FileRecord) -> dict[str, object]:
-        return wire.file_resource(rec, self.store.now_us())
 
     def _upload_base(self, request: Request) -> str:
         if self.config.public_url:
@@ -323,8 +213,9 @@ class FilesApi:
             if "query" in commands:
                 await discard_body(request)
                 if session.finalized:
-                    # §12: a `final` session answers with its File, so a client that lost the
-                    # finalize answer takes it from here instead of uploading a second one.
+                    # §12: `final` comes with the File, so a client that lost the finalize
+                    # answer learns the result from the query. Once the File is gone the
+                    # session still says `final`, without a body.
                     rec = await run_sync(self.store.get_file, session.project, session.file_id)
                     if rec is not None:
                         return _final(self.render(rec), rec.size_bytes)
@@ -401,11 +292,15 @@ class FilesApi:
         that when it missed the answer) gets the same answer again; anything else is an error."""
         length = await discard_body(request)
         if "finalize" in commands and _is_resend(session, offset, length):
-            rec = await run_sync(self.store.get_file, session.project, session.file_id)
-            if rec is None:
-                raise errors.upload_not_found()
-            return _final(self.render(rec), rec.size_bytes)
+            return await self._final_of(session)
         raise errors.invalid_argument(wire.MSG_ALREADY_FINALIZED).upload_final()
+
+    async def _final_of(self, session: UploadSession) -> Response:
+        """The finalize answer of a finalized session, again; 404 once its File is gone."""
+        rec = await run_sync(self.store.get_file, session.project, session.file_id)
+        if rec is None:
+            raise errors.upload_not_found()
+        return _final(self.render(rec), rec.size_bytes)
 
     # --- files (§2.4 - §2.8) ----------------------------------------------------------------
 
@@ -451,6 +346,9 @@ class FilesApi:
     async def delete_file(self, request: Request) -> Response:
         project = self.authenticate(request)
         file_id = request.path_params["file_id"]
+        if len(file_id) > wire.DELETE_ID_MAX_CHARS:
+            # §12: the real API cannot delete the long ids other services give their Files.
+            raise errors.invalid_argument(wire.MSG_DELETE_ID_TOO_LONG)
         if not await run_sync(self.store.delete_file, project, file_id):
             raise errors.file_not_found(file_id)
         return json_response({})
@@ -581,7 +479,8 @@ def _final(file_json: dict[str, object], size: int) -> WireResponse:
 
 
 def create_app(config: ServerConfig, store: Store, control: Control | None = None) -> Starlette:
-    """The ASGI application: public routes, admin routes if enabled, and the sweep task."""
+    """The ASGI application: CORS in front of the public routes, admin routes if enabled,
+    and the sweep task."""
     api = FilesApi(config, store, control or Control(latency_seconds=config.latency_seconds))
 
     @contextlib.asynccontextmanager
@@ -596,6 +495,7 @@ def create_app(config: ServerConfig, store: Store, control: Control | None = Non
 
     app = Starlette(
         routes=api.routes(),
+        middleware=[Middleware(Cors)],
         exception_handlers={
             HTTPException: api.route_not_found,
             ApiError: api.api_error,

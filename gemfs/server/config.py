@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from gemfs.server import wire
@@ -35,7 +36,10 @@ class ServerConfig:
     max_file_size: int = wire.DEFAULT_MAX_FILE_SIZE
     project_quota: int = wire.DEFAULT_PROJECT_QUOTA
     latency_seconds: float = 0.0
-    video_processing_seconds: float = wire.DEFAULT_VIDEO_PROCESSING_SECONDS
+    # Seconds a File stays PROCESSING, by class of MIME type (`wire.processing_class`).
+    processing_seconds: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: dict(wire.DEFAULT_PROCESSING_SECONDS)
+    )
     admin: bool = False
     public_url: str | None = None
     sweep_interval_seconds: float = DEFAULT_SWEEP_INTERVAL_SECONDS

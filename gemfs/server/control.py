@@ -1,8 +1,9 @@
 """The test and benchmark control plane of the public API: per-operation request counters,
-simulated latency, and scripted faults (errors, connection resets, stalls, garbage bodies).
+simulated latency, and scripted faults (errors, connection resets or closes, stalls, garbage
+bodies), fired either instead of the handler or after it, in place of its answer.
 
-Every public request passes through `Control.admit` before its handler runs; the admin routes
-(`admin.py`) read and change the state kept here.
+Every public request passes through `Control.admit` before its handler runs and through
+`Control.answer` after it; the admin routes (`admin.py`) read and change the state kept here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ OPS = (
 )
 FAULT_OPS = OPS[:-1]
 UPLOAD_OPS = ("upload_chunk", "upload_finalize")
-ACTIONS = ("error", "reset", "stall", "garbage")
+ACTIONS = ("error", "reset", "close", "stall", "garbage")
+# "before": the fault replaces the handler (nothing happens on the server). "after": the handler
+# runs to the end (its work is committed) and the fault replaces its answer: a lost answer.
+WHEN = ("before", "after")
 
 # Statuses that the SDK's chunk loop should see as a transient front-end failure: no
 # `X-Goog-Upload-Status`, so it re-sends the same chunk (3 attempts, 1+2+4 s; wire doc §2.3).
@@ -42,6 +46,10 @@ TRANSIENT_UPLOAD_STATUSES = frozenset({429, 503})
 # The ASGI scope extension through which the HTTP protocol offers to abort the connection
 # (set by `gemfs.server.main`; absent under other servers, where "reset" cannot be simulated).
 ABORT_EXTENSION = "gemfs.abort"
+# Likewise for closing the connection cleanly (FIN) without an answer.
+CLOSE_EXTENSION = "gemfs.close"
+# Where `admit` leaves an "after" rule for `answer`; the ASGI scope lives as long as the request.
+_AFTER_RULE = "gemfs.after_fault"
 
 
 class RuleError(ValueError):
@@ -58,6 +66,7 @@ class FaultRule:
     seconds: float = 5.0  # stall duration
     message: str | None = None
     upload_status: str | None = None  # None = automatic (see `_upload_status`), "" = omit
+    when: str = "before"
     hits: int = 0
 
     @classmethod
@@ -69,6 +78,9 @@ class FaultRule:
             raise RuleError(f"op must be one of {', '.join(FAULT_OPS)}")
         if action not in ACTIONS:
             raise RuleError(f"action must be one of {', '.join(ACTIONS)}")
+        when = raw.get("when", "before")
+        if when not in WHEN:
+            raise RuleError(f"when must be one of {', '.join(WHEN)}")
         try:
             rule = cls(
                 op=op,
@@ -81,6 +93,7 @@ class FaultRule:
                 upload_status=(
                     None if raw.get("uploadStatus") is None else str(raw["uploadStatus"])
                 ),
+                when=when,
             )
         except (TypeError, ValueError) as exc:
             raise RuleError(f"bad rule field: {exc}") from None
@@ -98,6 +111,7 @@ class FaultRule:
             "times": self.times,
             "skip": self.skip,
             "seconds": self.seconds,
+            "when": self.when,
             "hits": self.hits,
         }
         if self.message is not None:
@@ -158,37 +172,66 @@ class Control:
         self.faults = Faults()
 
     async def admit(self, request: Request, op: str) -> Response | None:
-        """Counts the request, applies the latency, and fires a fault if one matches. Returns
-        the answer to send instead of running the handler, or None to run it."""
+        """Counts the request, applies the latency, and fires a "before" fault if one matches.
+        Returns the answer to send instead of running the handler, or None to run it (an
+        "after" rule is kept for `answer`)."""
         self.stats.count(op)
         if self.latency:
             await asyncio.sleep(self.latency)
         rule = self.faults.take(op)
         if rule is None:
             return None
+        if rule.when == "after":
+            request.scope[_AFTER_RULE] = rule
+            return None
         log.info("fault injection: %s on %s", rule.action, op)
         if rule.action == "stall":
             await asyncio.sleep(rule.seconds)
             return None
-        if rule.action == "reset":
-            abort: Callable[[], None] | None = request.scope.get("extensions", {}).get(
-                ABORT_EXTENSION
-            )
-            if abort is None:
-                raise RuntimeError("this HTTP server cannot abort connections")
-            abort()
-            return NoResponse()
+        if rule.action in ("reset", "close"):
+            return _drop_connection(request, rule.action)
         # The bytes of a faulted chunk are read and dropped, never stored.
         await discard_body(request)
-        if rule.action == "garbage":
-            return WireResponse(
-                200, wire.FAULT_GARBAGE_BODY, {wire.H_CONTENT_TYPE: "text/html; charset=UTF-8"}
-            )
-        err = ApiError(rule.status, rule.message)
-        upload_status = _upload_status(rule)
-        if upload_status:
-            err.headers[wire.H_UPLOAD_STATUS] = upload_status
-        return error_response(err)
+        return _fault_answer(rule)
+
+    async def answer(self, request: Request, response: Response) -> Response:
+        """The answer to send once the handler ran: its own, unless an "after" rule took this
+        request, in which case the work is done and the client sees the fault instead."""
+        rule: FaultRule | None = request.scope.pop(_AFTER_RULE, None)
+        if rule is None:
+            return response
+        log.info("fault injection: %s on %s after the handler", rule.action, rule.op)
+        if rule.action == "stall":
+            await asyncio.sleep(rule.seconds)
+            return response
+        # The handler may have answered early without reading all of the body (an error).
+        await discard_body(request)
+        if rule.action in ("reset", "close"):
+            return _drop_connection(request, rule.action)
+        return _fault_answer(rule)
+
+
+def _drop_connection(request: Request, action: str) -> Response:
+    """Ends the connection with no answer: RST for "reset", FIN for "close"."""
+    name = ABORT_EXTENSION if action == "reset" else CLOSE_EXTENSION
+    drop: Callable[[], None] | None = request.scope.get("extensions", {}).get(name)
+    if drop is None:
+        raise RuntimeError(f"this HTTP server cannot {action} connections")
+    drop()
+    return NoResponse()
+
+
+def _fault_answer(rule: FaultRule) -> Response:
+    """The answer of an "error" or "garbage" rule."""
+    if rule.action == "garbage":
+        return WireResponse(
+            200, wire.FAULT_GARBAGE_BODY, {wire.H_CONTENT_TYPE: "text/html; charset=UTF-8"}
+        )
+    err = ApiError(rule.status, rule.message)
+    upload_status = _upload_status(rule)
+    if upload_status:
+        err.headers[wire.H_UPLOAD_STATUS] = upload_status
+    return error_response(err)
 
 
 def _upload_status(rule: FaultRule) -> str:

@@ -123,16 +123,27 @@ def file_too_large(size: int, limit: int) -> ApiError:
     )
 
 
-def quota_exceeded(used: int, size: int, quota: int) -> ApiError:
+def quota_failure(violations: Sequence[Mapping[str, object]]) -> dict:
+    return {"@type": _TYPE_PREFIX + "QuotaFailure", "violations": [dict(v) for v in violations]}
+
+
+def quota_exceeded(quota: int) -> ApiError:
+    """§12 (REAL): the project's file storage is full. Unlike a rate limit (a bare 429), it
+    carries a QuotaFailure naming `FileStorageBytesPerProject`, so a client knows not to retry.
+    The real answer says neither the usage nor the requested size, so neither does this one."""
     return ApiError(
         429,
-        wire.MSG_QUOTA_EXCEEDED.format(used=used, size=size, quota=quota),
+        wire.MSG_QUOTA_EXCEEDED.format(metric=wire.QUOTA_METRIC_FILE_STORAGE, quota=quota),
         status="RESOURCE_EXHAUSTED",
         details=[
-            error_info(
-                wire.REASON_STORAGE_QUOTA_EXCEEDED,
-                wire.ERROR_DOMAIN,
-                {"usedBytes": str(used), "requestedBytes": str(size), "quotaBytes": str(quota)},
+            quota_failure(
+                [
+                    {
+                        "quotaMetric": wire.QUOTA_METRIC_FILE_STORAGE,
+                        "quotaId": wire.QUOTA_ID_FILE_STORAGE,
+                        "quotaValue": str(quota),
+                    }
+                ]
             )
         ],
     )
@@ -155,7 +166,7 @@ def from_store(exc: store.StoreError) -> ApiError:
     if isinstance(exc, store.FileTooLarge):
         return file_too_large(exc.size, exc.limit)
     if isinstance(exc, store.QuotaExceeded):
-        return quota_exceeded(exc.used, exc.size, exc.quota)
+        return quota_exceeded(exc.quota)
     if isinstance(exc, store.NameTaken):
         return already_exists()
     if isinstance(exc, store.SessionGone):

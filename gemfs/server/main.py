@@ -33,6 +33,8 @@ from gemfs.server.config import (
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from gemfs.server.store import Limits
+
 log = logging.getLogger(__name__)
 
 # Query parameters that are secrets (API key, upload-session bearer token) and never logged.
@@ -66,6 +68,21 @@ def _non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return value
+
+
+def processing_times(text: str) -> dict[str, float]:
+    """`video=10,audio=2,pdf=1`: seconds a File stays PROCESSING, by class of MIME type."""
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        kind, sep, seconds = item.strip().partition("=")
+        kind = kind.strip().lower()
+        if not sep or kind not in wire.PROCESSING_CLASSES:
+            raise argparse.ArgumentTypeError(
+                f"not CLASS=SECONDS: {item.strip()!r} (classes: "
+                f"{', '.join(wire.PROCESSING_CLASSES)}; e.g. video=10,audio=2)"
+            )
+        out[kind] = _non_negative_float(seconds.strip())
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,11 +148,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="delay added to every API request, to simulate a WAN (default 0)",
     )
     parser.add_argument(
+        "--processing-seconds",
+        type=processing_times,
+        action="append",
+        default=[],
+        metavar="CLASS=S,...",
+        help="how long Files stay PROCESSING after upload, by class: video (video/*), audio "
+        "(audio/*), pdf (application/pdf); e.g. video=10,audio=2,pdf=1 (default "
+        + ",".join(f"{k}={v:g}" for k, v in wire.DEFAULT_PROCESSING_SECONDS.items())
+        + "; repeatable)",
+    )
+    parser.add_argument(
         "--video-processing-seconds",
         type=_non_negative_float,
-        default=wire.DEFAULT_VIDEO_PROCESSING_SECONDS,
+        default=None,
         metavar="S",
-        help="video/* Files stay PROCESSING this long (default %(default)s)",
+        help="the same as --processing-seconds video=S "
+        f"(default {wire.DEFAULT_VIDEO_PROCESSING_SECONDS:g})",
     )
     parser.add_argument(
         "--admin",
@@ -190,6 +219,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise UsageError("--public-url must be an absolute http:// or https:// URL")
     if args.sweep_interval <= 0:
         raise UsageError("--sweep-interval must be > 0")
+    processing = dict(wire.DEFAULT_PROCESSING_SECONDS)
+    for given in args.processing_seconds:
+        processing.update(given)
+    if args.video_processing_seconds is not None:
+        if any("video" in given for given in args.processing_seconds):
+            raise UsageError("give the video processing time once, not in both options")
+        processing["video"] = args.video_processing_seconds
     return ServerConfig(
         data_dir=(args.data or default_data_dir()).expanduser(),
         projects=_read_keys(args),
@@ -197,11 +233,23 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_file_size=args.max_file_size,
         project_quota=args.project_quota,
         latency_seconds=args.latency_ms / 1000.0,
-        video_processing_seconds=args.video_processing_seconds,
+        processing_seconds=processing,
         admin=args.admin,
         public_url=args.public_url,
         sweep_interval_seconds=args.sweep_interval,
         access_log=args.access_log,
+    )
+
+
+def store_limits(config: ServerConfig) -> Limits:
+    """What the store enforces, from the server's settings."""
+    from gemfs.server.store import Limits
+
+    return Limits(
+        file_ttl_seconds=config.file_ttl_seconds,
+        max_file_size=config.max_file_size,
+        project_quota=config.project_quota,
+        processing_seconds=config.processing_seconds,
     )
 
 
@@ -249,18 +297,20 @@ class AccessLog:
 def _make_protocol_class() -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from gemfs.server.control import ABORT_EXTENSION
+    from gemfs.server.control import ABORT_EXTENSION, CLOSE_EXTENSION
 
     class AbortableH11Protocol(H11Protocol):
-        """uvicorn's h11 protocol, offering the app a way to reset the connection (used by
-        fault injection to simulate a network failure)."""
+        """uvicorn's h11 protocol, offering the app a way to reset or close the connection
+        without answering (used by fault injection to simulate a network failure)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             app = self.app
 
             async def app_with_abort(scope: Scope, receive: Receive, send: Send) -> None:
-                scope.setdefault("extensions", {})[ABORT_EXTENSION] = self._abort
+                extensions = scope.setdefault("extensions", {})
+                extensions[ABORT_EXTENSION] = self._abort
+                extensions[CLOSE_EXTENSION] = self.transport.close
                 await app(scope, receive, send)
 
             self.app = app_with_abort
@@ -361,16 +411,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gemfs.server.app import create_app
-    from gemfs.server.store import Clock, Limits, Store, StoreError
+    from gemfs.server.store import Clock, Store, StoreError
 
-    limits = Limits(
-        file_ttl_seconds=config.file_ttl_seconds,
-        max_file_size=config.max_file_size,
-        project_quota=config.project_quota,
-        video_processing_seconds=config.video_processing_seconds,
-    )
     try:
-        store = Store(config.data_dir, limits=limits, clock=Clock())
+        store = Store(config.data_dir, limits=store_limits(config), clock=Clock())
     except (StoreError, OSError) as exc:
         print(f"gemfs serve: cannot open data directory {config.data_dir}: {exc}", file=sys.stderr)
         return 1

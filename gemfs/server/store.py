@@ -37,14 +37,15 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from gemfs.server import wire
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: files.error_code and files.error_message (a File made to end FAILED); 1 is migrated.
+SCHEMA_VERSION = 2
 _HASH_PIECE = 1024 * 1024
 
 _SCHEMA = """
@@ -62,6 +63,8 @@ CREATE TABLE IF NOT EXISTS files (
     expire_us    INTEGER NOT NULL,
     source       TEXT    NOT NULL,
     blob         TEXT,
+    error_code   INTEGER,
+    error_message TEXT,
     PRIMARY KEY (project, id)
 );
 CREATE INDEX IF NOT EXISTS files_by_time ON files (project, create_us DESC, id DESC);
@@ -84,7 +87,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_project ON sessions (project, state);
 
 _FILE_COLUMNS = (
     "project, id, display_name, mime_type, size_bytes, sha256_hex, create_us, ready_us, "
-    "expire_us, source, blob"
+    "expire_us, source, blob, error_code, error_message"
 )
 _SESSION_COLUMNS = (
     "key, project, file_id, display_name, mime_type, declared, received, last_offset, "
@@ -111,6 +114,9 @@ class FileRecord:
     expire_us: int
     source: str
     blob: str | None
+    # Set on a File made to fail: it is FAILED with this google.rpc.Status once ready.
+    error_code: int | None = None
+    error_message: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +207,10 @@ class Limits:
     file_ttl_seconds: float = wire.DEFAULT_FILE_TTL_SECONDS
     max_file_size: int = wire.DEFAULT_MAX_FILE_SIZE
     project_quota: int = wire.DEFAULT_PROJECT_QUOTA
-    video_processing_seconds: float = wire.DEFAULT_VIDEO_PROCESSING_SECONDS
+    # By processing class (`wire.processing_class`); a class not named here is ACTIVE at once.
+    processing_seconds: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: dict(wire.DEFAULT_PROCESSING_SECONDS)
+    )
     session_lifetime_seconds: float = wire.UPLOAD_SESSION_LIFETIME_SECONDS
 
 
@@ -348,6 +357,12 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) == 1:
+            with self._tx() as db:
+                db.execute("ALTER TABLE files ADD COLUMN error_code INTEGER")
+                db.execute("ALTER TABLE files ADD COLUMN error_message TEXT")
+                db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+            log.info("data directory %s migrated to schema %d", self.root, SCHEMA_VERSION)
         elif int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"unsupported schema version {row[0]} in {self.root}")
 
@@ -404,9 +419,8 @@ class Store:
                 return candidate
 
     def _ready_us(self, mime_type: str, create_us: int) -> int:
-        if mime_type.startswith(wire.PROCESSING_MIME_PREFIX):
-            return create_us + _us(self.limits.video_processing_seconds)
-        return create_us
+        kind = wire.processing_class(mime_type)
+        return create_us + _us(self.limits.processing_seconds.get(kind, 0.0) if kind else 0.0)
 
     # --- quota ------------------------------------------------------------------------------
 
@@ -494,6 +508,18 @@ class Store:
         self._unlink_blob(row[0])
         return True
 
+    def fail_file(self, project: str, file_id: str, code: int, message: str) -> FileRecord | None:
+        """Makes a File end FAILED with this error, from now on (its updateTime becomes now,
+        whether it was PROCESSING or ACTIVE). None if there is no such live File."""
+        with self._tx() as db:
+            now = self.now_us()
+            changed = db.execute(
+                "UPDATE files SET error_code=?, error_message=?, ready_us=MAX(create_us, ?) "
+                "WHERE project=? AND id=? AND expire_us>?",
+                (code, message, now, project, file_id, now),
+            ).rowcount
+        return self.get_file(project, file_id) if changed else None
+
     def open_blob(self, rec: FileRecord) -> int | None:
         """An open read-only descriptor on the File's bytes, or None if it has none."""
         if rec.blob is None:
@@ -539,7 +565,7 @@ class Store:
             blob=blob,
         )
         db.execute(
-            f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             dataclasses.astuple(rec),
         )
         return rec, (stale[0] if stale else None)

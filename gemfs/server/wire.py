@@ -33,6 +33,13 @@ ID_LENGTH = 12
 # §4 (P1), §9.5: user-supplied ids are <= 40 chars of [a-z0-9-], not starting/ending with '-'.
 USER_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 
+# §4, §12 (REAL): Files made by other services (batch outputs: `batch-<36 chars>`, 42 in all)
+# break the user rule. The admin API may create ids up to this length (64: INF, room to spare).
+SERVICE_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+# §12 (REAL): delete refuses an id over 40 characters (get and list serve it).
+DELETE_ID_MAX_CHARS = 40
+MSG_DELETE_ID_TOO_LONG = "File ID (name excluding 'files/') cannot be more than 40 characters"
+
 # §4 (P1): display names are at most 512 characters (counted as Unicode code points: INF).
 DISPLAY_NAME_MAX_CHARS = 512
 
@@ -58,9 +65,25 @@ CHUNK_GRANULARITY = 8 * 1024 * 1024
 # §2.2 (REAL R5 shows a long URL-safe token): bytes of randomness in an upload id.
 UPLOAD_TOKEN_BYTES = 48
 
-# §9.12: video/* files stay PROCESSING this long after finalize (real: seconds to minutes).
+# §3.3, §9.12: how long a File stays PROCESSING after finalize, by class of MIME type. Real:
+# video seconds to minutes; audio (and JSONL) ACTIVE in the finalize answer (R2, R3); PDF UNK.
+# Tests set each (`--processing-seconds`) to see the life of a File.
+PROCESSING_CLASSES = ("video", "audio", "pdf")
 DEFAULT_VIDEO_PROCESSING_SECONDS = 2.0
-PROCESSING_MIME_PREFIX = "video/"
+DEFAULT_PROCESSING_SECONDS = {"video": DEFAULT_VIDEO_PROCESSING_SECONDS, "audio": 0.0, "pdf": 0.0}
+
+
+def processing_class(mime_type: str) -> str | None:
+    """The class whose processing time applies to a File of this MIME type, if any."""
+    mime = mime_type.strip().lower()
+    if mime.startswith("video/"):
+        return "video"
+    if mime.startswith("audio/"):
+        return "audio"
+    if mime == "application/pdf":
+        return "pdf"
+    return None
+
 
 # §2.5 (P2, D2): default 10, max 100. §9.7 (UNK, AIP convention): <= 0 -> default, > max -> max.
 PAGE_SIZE_DEFAULT = 10
@@ -70,6 +93,11 @@ PAGE_SIZE_MAX = 100
 
 STATE_PROCESSING = "PROCESSING"
 STATE_ACTIVE = "ACTIVE"
+STATE_FAILED = "FAILED"
+# §3.3 (the messages of FAILED Files are UNK): what the admin API's `fail` sets by default, a
+# google.rpc.Status with code INTERNAL.
+DEFAULT_FAILURE_CODE = 13
+MSG_DEFAULT_FAILURE = "The file could not be processed."
 SOURCE_UPLOADED = "UPLOADED"
 SOURCE_GENERATED = "GENERATED"
 SOURCE_REGISTERED = "REGISTERED"
@@ -88,6 +116,22 @@ H_CONTENT_TYPE = "Content-Type"
 UPLOAD_ACTIVE = "active"
 UPLOAD_FINAL = "final"
 UPLOAD_CANCELLED = "cancelled"
+
+# §12 (INF: the real values are not recorded): CORS. The Origin is reflected and the requested
+# headers are allowed (what Google front ends do for API-key calls); these are the rest.
+CORS_ALLOW_METHODS = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+CORS_MAX_AGE_SECONDS = 3600
+# What a page's script may read of an answer: the resumable protocol's headers (the JS SDK's
+# web build reads the upload URL from the start answer, §12).
+CORS_EXPOSE_HEADERS = ", ".join(
+    (
+        H_UPLOAD_URL,
+        H_UPLOAD_STATUS,
+        H_UPLOAD_SIZE_RECEIVED,
+        H_UPLOAD_GRANULARITY,
+        H_UPLOAD_CONTROL_URL,
+    )
+)
 
 # §9.18 (INF): every JSON answer carries this content type.
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
@@ -138,19 +182,19 @@ API_KEY_INVALID_DOMAIN = "googleapis.com"
 API_SERVICE = "generativelanguage.googleapis.com"
 LOCALE = "en-US"
 
-# Our own ErrorInfo reasons (UNK, §5 / §9.10): the mount maps errors by code, status and reason,
-# never by message, so the two limit errors carry a machine-readable reason in this domain.
+# Our own ErrorInfo reason for the per-file limit (UNK, §5 / §9.10): the mount maps errors by
+# code, status and reason, never by message, so it carries a machine-readable reason.
 ERROR_DOMAIN = "generativelanguage.googleapis.com"
 REASON_FILE_TOO_LARGE = "FILE_TOO_LARGE"
-REASON_STORAGE_QUOTA_EXCEEDED = "STORAGE_QUOTA_EXCEEDED"
+
+# §12 (REAL): a full project is 429 RESOURCE_EXHAUSTED with this message and a QuotaFailure whose
+# violation names this metric and quota id; that detail is what tells it from a rate limit.
+QUOTA_METRIC_FILE_STORAGE = "generativelanguage.googleapis.com/file_storage_bytes"
+QUOTA_ID_FILE_STORAGE = "FileStorageBytesPerProject"
+MSG_QUOTA_EXCEEDED = "Quota exceeded for metric: {metric}, limit: {quota}"
 
 # §9.10 (UNK): 400 INVALID_ARGUMENT at start when the declared size is over the per-file limit.
 MSG_FILE_TOO_LARGE = "File size {size} bytes exceeds the maximum allowed size of {limit} bytes."
-# §9.10 (UNK): 429 RESOURCE_EXHAUSTED at start when the project would go over its quota.
-MSG_QUOTA_EXCEEDED = (
-    "Storage quota exceeded for this project: {used} of {quota} bytes in use, "
-    "{size} more requested."
-)
 # §9.5 (UNK): 400 for an ill-formed user-supplied name, 409 for a taken one.
 MSG_INVALID_NAME = (
     "Invalid file name '{name}': the id after 'files/' must be 1-40 characters of lowercase "
@@ -216,6 +260,8 @@ class FileLike(Protocol):
     ready_us: int
     expire_us: int
     source: str
+    error_code: int | None
+    error_message: str | None
 
 
 def timestamp_us(us: int) -> str:
@@ -244,11 +290,13 @@ def file_uri(file_id: str) -> str:
 def file_resource(rec: FileLike, now_us: int) -> dict[str, object]:
     """The File as proto3 JSON (§3.1): camelCase, defaults omitted, int64 as string.
 
-    Key order follows the real responses (§3.2). State is derived from the clock so that
-    processing finishes without a background task (§9.12): once `ready_us` has passed the file
-    is ACTIVE and its updateTime is the moment it became so.
+    Key order follows the real responses (§3.2) and, for `error`, the proto's field order.
+    State is derived from the clock so that processing finishes without a background task
+    (§9.12): once `ready_us` has passed the File is ACTIVE, or FAILED with its `error` if it was
+    made to fail, and its updateTime is the moment it became so.
     """
     active = now_us >= rec.ready_us
+    failed = active and rec.error_code is not None
     out: dict[str, object] = {"name": f"files/{rec.id}"}
     if rec.display_name:
         out["displayName"] = rec.display_name
@@ -263,8 +311,10 @@ def file_resource(rec: FileLike, now_us: int) -> dict[str, object]:
     out["uri"] = file_uri(rec.id)
     if rec.source == SOURCE_GENERATED:
         out["downloadUri"] = file_uri(rec.id) + ":download?alt=media"
-    out["state"] = STATE_ACTIVE if active else STATE_PROCESSING
+    out["state"] = STATE_FAILED if failed else STATE_ACTIVE if active else STATE_PROCESSING
     out["source"] = rec.source
+    if failed:
+        out["error"] = {"code": rec.error_code, "message": rec.error_message or ""}
     return out
 
 

@@ -21,6 +21,17 @@ from tests.helpers import REPO_ROOT, ServerProcess, wait_for
 LINE_RE = re.compile(r"gemfs serve: listening on http://127\.0\.0\.1:(\d+)\n")
 
 
+@pytest.fixture
+def server(server_process: ServerProcess) -> ServerProcess:
+    """A `gemfs serve` subprocess: the CLI, ports, signals and logs belong to a process."""
+    return server_process
+
+
+@pytest.fixture
+def server_factory(process_factory):
+    return process_factory
+
+
 def spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "gemfs", "serve", *args],
@@ -146,7 +157,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert (args.host, args.port, args.admin, args.public_url) == ("127.0.0.1", 8765, False, None)
     assert args.file_ttl == 172800
     assert args.max_file_size == 2 * 1024**3 and args.project_quota == 20 * 1024**3
-    assert args.video_processing_seconds == 2.0 and args.latency_ms == 0
+    assert args.latency_ms == 0
+    config = server_main.config_from_args(args)
+    assert config.processing_seconds == {"video": 2.0, "audio": 0.0, "pdf": 0.0}
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert default_data_dir() == tmp_path / "gemfs" / "server"
     monkeypatch.delenv("XDG_DATA_HOME")
@@ -169,8 +182,22 @@ def test_byte_sizes(text: str, value: int) -> None:
     assert server_main.byte_size(text) == value
 
 
+def test_processing_seconds_by_class() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--processing-seconds", "video=10, audio=2", "--processing-seconds", "PDF=0.5"]
+    )
+    config = server_main.config_from_args(args)
+    assert config.processing_seconds == {"video": 10.0, "audio": 2.0, "pdf": 0.5}
+    args = build_parser().parse_args(["serve", "--video-processing-seconds", "7"])
+    assert server_main.config_from_args(args).processing_seconds["video"] == 7.0
+
+
 def test_bad_option_values(tmp_path: Path) -> None:
     for args in (
+        ["--processing-seconds", "movie=3"],
+        ["--processing-seconds", "video"],
+        ["--processing-seconds", "video=-1"],
+        ["--processing-seconds", "video=1", "--video-processing-seconds", "2"],
         ["--max-file-size", "lots"],
         ["--file-ttl", "-1"],
         ["--public-url", "ftp://x"],
@@ -179,6 +206,7 @@ def test_bad_option_values(tmp_path: Path) -> None:
         r = run_to_exit("--data", str(tmp_path / "d"), "--api-key", "k", *args)
         assert r.returncode == 2, args
         assert r.stdout == ""
+        assert "Traceback" not in r.stderr and r.stderr.strip(), args
 
 
 def test_help_lists_every_option() -> None:
@@ -199,6 +227,7 @@ def test_help_lists_every_option() -> None:
         "--max-file-size",
         "--project-quota",
         "--latency-ms",
+        "--processing-seconds",
         "--video-processing-seconds",
         "--admin",
         "--public-url",

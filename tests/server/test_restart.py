@@ -18,6 +18,17 @@ from tests.server.rawhttp import send_chunk, start_upload, upload_command
 MIB = 1024 * 1024
 
 
+@pytest.fixture
+def server(server_process: ServerProcess) -> ServerProcess:
+    """A `gemfs serve` subprocess: restarts and kills are those of a real process."""
+    return server_process
+
+
+@pytest.fixture
+def server_factory(process_factory):
+    return process_factory
+
+
 def rebase(upload_url: str, server: ServerProcess) -> str:
     """The upload URL on the server's current address (restart may have changed the port)."""
     return server.url + "/upload/" + upload_url.split("/upload/", 1)[1]

@@ -159,17 +159,48 @@ def test_display_name_limit(client_a) -> None:
     assert exc_info.value.message == "Display name must be at most 512 characters."
 
 
-def test_async_client(client_a) -> None:
-    async def scenario() -> tuple[types.File, types.File, list[str]]:
-        aio = client_a.aio
-        up = await aio.files.upload(file=io.BytesIO(b"async"), config={"mime_type": "text/plain"})
-        got = await aio.files.get(name=up.name)
-        names = [f.name async for f in await aio.files.list()]
-        return up, got, names
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_async_client(server_process: ServerProcess, transport: str) -> None:
+    """The SDK's async client over each transport it has: upload (several chunks), get, list
+    (paged), download, delete. A real server: the transports make their own connections."""
+    server = server_process
+    if transport == "aiohttp":
+        pytest.importorskip("aiohttp", reason="the SDK's aiohttp transport needs aiohttp")
+        options: dict = {}  # with aiohttp installed, the SDK's async client uses it by default
+    else:
+        import httpx2
 
-    up, got, names = asyncio.run(scenario())
-    assert got.name == up.name and got.size_bytes == 5
-    assert names == [up.name]
+        options = {"async_client_args": {"transport": httpx2.AsyncHTTPTransport()}}
+    client = server.client(KEY_A, **options)
+    assert client._api_client._use_aiohttp() is (transport == "aiohttp")
+    data = os.urandom(8 * MIB + 3)
+    generated = server.admin.generated(KEY_A, b"made by a model")
+
+    async def scenario() -> None:
+        aio = client.aio
+        try:
+            up = await aio.files.upload(
+                file=io.BytesIO(data), config={"mime_type": "text/plain", "display_name": "a"}
+            )
+            assert up.size_bytes == len(data)
+            assert base64.b64decode(up.sha256_hash).decode() == hashlib.sha256(data).hexdigest()
+            got = await aio.files.get(name=up.name)
+            assert (got.name, got.display_name, got.state) == (up.name, "a", types.FileState.ACTIVE)
+            names = [f.name async for f in await aio.files.list(config={"page_size": 1})]
+            assert names == [up.name, generated["name"]]
+            assert await aio.files.download(file=generated["name"]) == b"made by a model"
+            await aio.files.delete(name=up.name)
+            with pytest.raises(errors.ClientError) as exc_info:
+                await aio.files.get(name=up.name)
+            assert exc_info.value.code == 403
+        finally:
+            await aio.aclose()
+
+    server.admin.reset_stats()
+    asyncio.run(scenario())
+    stats = server.admin.stats()
+    assert (stats["upload_start"], stats["upload_chunk"], stats["upload_finalize"]) == (1, 1, 1)
+    assert (stats["list"], stats["delete"], stats["download"]) == (2, 1, 1)
 
 
 # --- get, list, delete -------------------------------------------------------------------------
@@ -310,16 +341,23 @@ def test_project_quota_counts_files_and_open_sessions(server_factory) -> None:
             client.files.upload(file=io.BytesIO(b"x" * 101), config={"mime_type": "text/plain"})
         err = exc_info.value
         assert (err.code, err.status) == (429, "RESOURCE_EXHAUSTED")
+        # §12: the real service's shape, which is what tells it from a rate limit.
         assert err.message == (
-            "Storage quota exceeded for this project: 900 of 1000 bytes in use, 101 more requested."
+            "Quota exceeded for metric: generativelanguage.googleapis.com/file_storage_bytes, "
+            "limit: 1000"
         )
-        info = err.details["error"]["details"][0]
-        assert info["reason"] == "STORAGE_QUOTA_EXCEEDED"
-        assert info["metadata"] == {
-            "usedBytes": "900",
-            "requestedBytes": "101",
-            "quotaBytes": "1000",
-        }
+        assert err.details["error"]["details"] == [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/file_storage_bytes",
+                        "quotaId": "FileStorageBytesPerProject",
+                        "quotaValue": "1000",
+                    }
+                ],
+            }
+        ]
         # The quota is per project.
         client_b = srv.client(KEY_B)
         client_b.files.upload(file=io.BytesIO(b"x" * 1000), config={"mime_type": "text/plain"})
@@ -382,6 +420,64 @@ def test_video_processing_by_clock(server: ServerProcess, client_a) -> None:
     done = client_a.files.get(name=f.name)
     assert done.state == types.FileState.ACTIVE
     assert done.update_time - done.create_time == dt.timedelta(seconds=2)
+
+
+def test_processing_time_by_class(server_factory) -> None:
+    srv = server_factory(args=["--processing-seconds", "video=100,audio=50,pdf=20"])
+    client = srv.client(KEY_A)
+    uploaded = {
+        mime: client.files.upload(file=io.BytesIO(b"m"), config={"mime_type": mime})
+        for mime in ("video/mp4", "audio/mpeg", "application/pdf", "text/plain")
+    }
+
+    def states() -> dict[str, types.FileState]:
+        return {mime: client.files.get(name=f.name).state for mime, f in uploaded.items()}
+
+    P, A = types.FileState.PROCESSING, types.FileState.ACTIVE
+    assert [f.state for f in uploaded.values()] == [P, P, P, A]
+    for seconds, expected in ((20.5, [P, P, A, A]), (30, [P, A, A, A]), (50, [A, A, A, A])):
+        srv.admin.advance_clock(seconds)
+        assert list(states().values()) == expected
+    for mime, seconds in (("video/mp4", 100), ("audio/mpeg", 50), ("application/pdf", 20)):
+        done = client.files.get(name=uploaded[mime].name)
+        assert done.update_time - done.create_time == dt.timedelta(seconds=seconds), mime
+
+
+def test_a_file_made_to_fail(server_factory) -> None:
+    srv = server_factory(args=["--processing-seconds", "video=60"])
+    client = srv.client(KEY_A)
+    video = client.files.upload(file=io.BytesIO(b"v"), config={"mime_type": "video/mp4"})
+    assert video.state == types.FileState.PROCESSING
+    answer = srv.admin.fail(KEY_A, video.name, code=3, message="Unsupported video codec.")
+    assert (answer["state"], answer["error"]) == (
+        "FAILED",
+        {"code": 3, "message": "Unsupported video codec."},
+    )
+    assert list(answer)[-3:] == ["state", "source", "error"]  # the proto's field order
+    failed = client.files.get(name=video.name)
+    assert failed.state == types.FileState.FAILED
+    assert (failed.error.code, failed.error.message) == (3, "Unsupported video codec.")
+    srv.admin.advance_clock(120)  # processing time passing changes nothing
+    assert [(f.name, f.state) for f in client.files.list()] == [
+        (video.name, types.FileState.FAILED)
+    ]
+    # An ACTIVE File can be made to fail too; the default error is INTERNAL.
+    text = client.files.upload(file=io.BytesIO(b"t"), config={"mime_type": "text/plain"})
+    answer = srv.admin.fail(KEY_A, text.name)
+    assert answer["error"] == {"code": 13, "message": "The file could not be processed."}
+    assert answer["updateTime"] > answer["createTime"]
+    with srv.http() as http:
+        for body, status in (
+            ({"name": "files/nothere"}, 403),
+            ({"name": text.name}, 403),  # another project's key below
+            ({"name": video.name, "code": 0}, 400),
+            ({"name": video.name, "message": ""}, 400),
+            ({}, 400),
+        ):
+            key = KEY_B if body.get("name") == text.name else KEY_A
+            r = http.post("/_gemfs/admin/fail", json=body, headers={"x-goog-api-key": key})
+            assert r.status_code == status, body
+    assert client.files.get(name=text.name).state == types.FileState.FAILED
 
 
 def test_video_processing_in_real_time(server_factory) -> None:

@@ -307,3 +307,44 @@ def test_page_size_clamp(requested: int) -> None:
     size = wire.clamp_page_size(requested)
     assert 1 <= size <= 100
     assert size == (10 if requested <= 0 else min(requested, 100))
+
+
+def test_schema_1_is_migrated(tmp_path: Path, fake_time: FakeTime) -> None:
+    """A data directory of the previous version keeps its Files and can hold failed ones."""
+    import sqlite3
+
+    root = tmp_path / "data"
+    root.mkdir()
+    db = sqlite3.connect(root / "gemfs.sqlite3")
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE files (
+            project TEXT NOT NULL, id TEXT NOT NULL, display_name TEXT, mime_type TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL, sha256_hex TEXT, create_us INTEGER NOT NULL,
+            ready_us INTEGER NOT NULL, expire_us INTEGER NOT NULL, source TEXT NOT NULL,
+            blob TEXT, PRIMARY KEY (project, id));
+        """
+    )
+    now = int(fake_time.now * 1e6)
+    db.execute(
+        "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (PROJECT, "old", "kept", "video/mp4", 0, None, now, now + 10**6, now + 10**12,
+         "UPLOADED", None),
+    )
+    db.commit()
+    db.close()
+    s = Store(root, clock=Clock(fake_time))
+    try:
+        rec = s.get_file(PROJECT, "old")
+        assert rec is not None and rec.display_name == "kept" and rec.error_code is None
+        failed = s.fail_file(PROJECT, "old", 3, "bad")
+        assert failed is not None
+        out = wire.file_resource(failed, s.now_us())
+        assert (out["state"], out["error"]) == ("FAILED", {"code": 3, "message": "bad"})
+        assert s.fail_file(PROJECT, "missing", 3, "bad") is None
+    finally:
+        s.close()
+    s = Store(root, clock=Clock(fake_time))  # and opens again as the new version
+    s.close()

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import time
 
 import httpx
 import pytest
@@ -53,7 +52,8 @@ def http(server: ServerProcess):
 # --- header names, on the raw socket ----------------------------------------------------------
 
 
-def test_start_response_headers_exact_case(server: ServerProcess) -> None:
+def test_start_response_headers_exact_case(server_process: ServerProcess) -> None:
+    server = server_process  # the bytes on a real socket
     r = raw_request(server.url, "POST", "/upload/v1beta/files", START_HEADERS, b'{"file": {}}')
     assert r.status == 200
     assert r.body == b""
@@ -86,7 +86,8 @@ def test_start_response_headers_exact_case(server: ServerProcess) -> None:
     assert json.loads(r.body)["file"]["sizeBytes"] == "5"
 
 
-def test_error_response_raw(server: ServerProcess) -> None:
+def test_error_response_raw(server_process: ServerProcess) -> None:
+    server = server_process
     r = raw_request(server.url, "GET", "/v1beta/files/nope", {"x-goog-api-key": KEY_A})
     assert r.status == 403
     assert r.header("Content-Type") == "application/json; charset=UTF-8"
@@ -183,6 +184,27 @@ def test_start_accepts_camel_and_snake_body(http: httpx.Client) -> None:
         ]
         assert done["mimeType"] == "text/csv"
         assert done["displayName"] in ("camel", "snake")
+
+
+def test_start_takes_the_rest_docs_single_quoted_body(http: httpx.Client) -> None:
+    """§12: the REST docs send `{'file': {'display_name': 'AUDIO'}}` and get a File back."""
+    r = http.post(
+        "/upload/v1beta/files",
+        headers=START_HEADERS,
+        content=b"{'file': {'display_name': 'AUDIO'}}",
+    )
+    assert r.status_code == 200, r.text
+    done = send_chunk(http, r.headers["x-goog-upload-url"], 0, b"audio", finalize=True)
+    assert done.json()["file"]["displayName"] == "AUDIO"
+    # Bare keys and a trailing comma are read too; a lone surrogate and trailing junk are not.
+    r = http.post(
+        "/upload/v1beta/files", headers=START_HEADERS, content=b"{file: {displayName: 'B',},}"
+    )
+    assert r.status_code == 200, r.text
+    for bad in (b"{'file': {'display_name': '\\ud800'}}", b"{'file': {}} junk", b"{'file': }"):
+        r = http.post("/upload/v1beta/files", headers=START_HEADERS, content=bad)
+        assert error_of(r)[:2] == (400, "INVALID_ARGUMENT"), bad
+        assert error_of(r)[2].startswith("Invalid JSON payload received. "), bad
 
 
 def test_start_prefers_headers_over_body(http: httpx.Client) -> None:
@@ -503,11 +525,92 @@ def test_register(http: httpx.Client) -> None:
     assert error_of(bad)[:2] == (400, "INVALID_ARGUMENT")
 
 
-def test_small_answers_are_not_delayed(server: ServerProcess, http: httpx.Client) -> None:
+def test_accepted_connections_have_nodelay() -> None:
     """Responses go out in two writes (head, body); without TCP_NODELAY each waits ~40 ms for
-    the client's delayed ACK. 20 round trips on one connection must take far less than that."""
-    http.get("/v1beta/files", headers={"x-goog-api-key": KEY_A})
-    started = time.monotonic()
-    for _ in range(20):
-        assert http.get("/v1beta/files", headers={"x-goog-api-key": KEY_A}).status_code == 200
-    assert time.monotonic() - started < 0.4
+    the client's delayed ACK. asyncio sets it on accepted sockets only when the listening
+    socket says IPPROTO_TCP, which `_bind` makes sure of: check that on a real accept."""
+    import asyncio
+    import socket
+
+    from gemfs.server.main import _bind
+
+    async def accept_one() -> int:
+        listener = _bind("127.0.0.1", 0)
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            nodelay = await seen
+            writer.close()
+        return nodelay
+
+    assert asyncio.run(accept_one()) != 0
+
+
+# --- CORS (§12): browsers with an API key -------------------------------------------------------
+
+ORIGIN = "https://app.example"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1beta/files", "/v1/files/abc", "/upload/v1beta/files", "/download/v1/files/a:download"],
+)
+def test_preflight_reflects_origin_and_requested_headers(
+    server: ServerProcess, http: httpx.Client, path: str
+) -> None:
+    server.admin.reset_stats()
+    requested = "x-goog-api-key, x-goog-upload-protocol, x-goog-upload-command, content-type"
+    r = http.options(
+        path,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": requested,
+        },
+    )
+    assert (r.status_code, r.content) == (200, b"")
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert r.headers["access-control-allow-headers"] == requested
+    methods = {m.strip() for m in r.headers["access-control-allow-methods"].split(",")}
+    assert {"GET", "POST", "DELETE"} <= methods
+    assert int(r.headers["access-control-max-age"]) > 0
+    assert set(server.admin.stats().values()) == {0}  # not an API call: not counted
+
+
+def test_answers_to_a_page_expose_the_upload_headers(server_process: ServerProcess) -> None:
+    server = server_process
+    headers = {**START_HEADERS, "Origin": ORIGIN}
+    r = raw_request(server.url, "POST", "/upload/v1beta/files", headers, b"{'file': {}}")
+    assert r.status == 200
+    assert r.header("Access-Control-Allow-Origin") == ORIGIN
+    exposed = {h.strip().lower() for h in r.header("Access-Control-Expose-Headers").split(",")}
+    assert {
+        "x-goog-upload-url",
+        "x-goog-upload-status",
+        "x-goog-upload-size-received",
+        "x-goog-upload-chunk-granularity",
+        "x-goog-upload-control-url",
+    } <= exposed
+    # Errors too, and the upload URL's own answers.
+    with server.http() as http:
+        missing = http.get(
+            "/v1beta/files/nope", headers={"x-goog-api-key": KEY_A, "Origin": ORIGIN}
+        )
+        assert missing.status_code == 403
+        assert missing.headers["access-control-allow-origin"] == ORIGIN
+        url = r.header("X-Goog-Upload-URL")
+        assert url is not None
+        q = http.post(url, headers={"X-Goog-Upload-Command": "query", "Origin": "null"})
+        assert q.headers["access-control-allow-origin"] == "null"
+        # Without an Origin (not a browser) nothing is added.
+        plain = http.get("/v1beta/files", headers={"x-goog-api-key": KEY_A})
+        assert "access-control-allow-origin" not in plain.headers
+        # OPTIONS elsewhere is still no method of the API.
+        assert http.options("/nowhere", headers={"Origin": ORIGIN}).status_code == 404
