@@ -267,8 +267,9 @@ def reset_peak_rss(pid: int) -> bool:
 
 
 def in_mount_table(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
+    from gemfs.registry import in_mount_table as table_has
+
+    return table_has(path)
 
 
 @contextlib.contextmanager
@@ -315,7 +316,6 @@ class BenchMount:
         # else the daemon keeps never mix with the user's own mounts.
         for var in ("XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
             self.env[var] = str(root / var.lower())
-        self.state = root / "xdg_state_home"
         self.env.pop("GEMINI_API_KEY", None)
         self.env.pop("GOOGLE_API_KEY", None)
         keyfile = root / f"{name}.key"
@@ -347,17 +347,16 @@ class BenchMount:
         # mount point under XDG_STATE_HOME: the same file `gemfs status` reads.
         from gemfs import registry
 
-        key = hashlib.sha1(registry.canonical(str(self.path)).encode()).hexdigest()[:16]
-        entry = self.state / "gemfs" / "mounts" / f"{key}.json"
+        entry = Path(registry.record_file(str(self.path), registry.default_state_dir(self.env)))
         return int(json.loads(entry.read_text())["pid"])
 
     def status(self) -> dict[str, Any]:
         """The daemon's live status record (uploads in flight, listing age), as `gemfs status`."""
         from gemfs import registry
 
-        key = hashlib.sha1(registry.canonical(str(self.path)).encode()).hexdigest()[:16]
+        record = Path(registry.record_file(str(self.path), registry.default_state_dir(self.env)))
         try:
-            entry = json.loads((self.state / "gemfs" / "mounts" / f"{key}.json").read_text())
+            entry = json.loads(record.read_text())
         except (OSError, ValueError):
             return {}
         return entry.get("status") or {}

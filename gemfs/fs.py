@@ -112,6 +112,10 @@ class GemFS(Operations):
         read_only: bool = False,
         attr_timeout: float = 1.0,
         on_ready=None,
+        cache_size: int = 0,
+        cache_dir: str | None = None,
+        state_dir: str | None = None,
+        wait_active: bool = False,
     ) -> None:
         self.remote = remote
         self.mountpoint = ""  # set by mount.py; to recognise our files in /proc/PID/fd
@@ -122,6 +126,12 @@ class GemFS(Operations):
         self.read_only = read_only
         self.attr_timeout = attr_timeout
         self.on_ready = on_ready
+        # Passed by mount.py for the read cache, the daemon's own state and close-when-ACTIVE;
+        # stored only, until the file system uses them.
+        self.cache_size = cache_size
+        self.cache_dir = cache_dir
+        self.state_dir = state_dir
+        self.wait_active = wait_active
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time()
         self._lock = threading.Lock()
@@ -329,7 +339,8 @@ class GemFS(Operations):
             "f_blocks": self.quota // BLOCK,
             "f_bfree": free,
             "f_bavail": free,
-            "f_files": self.catalog.stats()["files"],
+            # df -i shows f_files - f_ffree as used: f_files must count the Files too.
+            "f_files": self.catalog.stats()["files"] + (1 << 20),
             "f_ffree": 1 << 20,
             "f_favail": 1 << 20,
             "f_namemax": 255,

@@ -33,8 +33,9 @@ def isolated_env(root: Path) -> dict:
 
 
 def in_mount_table(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
+    from gemfs.registry import in_mount_table as table_has
+
+    return table_has(path)
 
 
 class Mount:

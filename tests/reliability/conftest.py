@@ -167,9 +167,8 @@ def mount_record(mount: Mount) -> dict:
 
     from gemfs import registry
 
-    key = hashlib.sha1(registry.canonical(str(mount.path)).encode()).hexdigest()[:16]
-    entry = Path(mount.env["XDG_STATE_HOME"]) / "gemfs" / "mounts" / f"{key}.json"
-    return json.loads(entry.read_text())
+    entry = registry.record_file(str(mount.path), registry.default_state_dir(mount.env))
+    return json.loads(Path(entry).read_text())
 
 
 def daemon_pid(mount: Mount) -> int:
