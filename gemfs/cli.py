@@ -283,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return helper_main(argv, prog="gemfs")
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at exit
+        return code
     except UsageError as e:
         print(f"gemfs: {e}", file=sys.stderr)
         return 2
