@@ -163,12 +163,7 @@ SDK_CHUNK_RETRY_SECONDS = 7.0
 
 def mount_record(mount: Mount) -> dict:
     """What a running mount's daemon records for `gemfs status` (pid, status, listing age)."""
-    import json
-
-    from gemfs import registry
-
-    entry = registry.record_file(str(mount.path), registry.default_state_dir(mount.env))
-    return json.loads(Path(entry).read_text())
+    return mount.record()
 
 
 def daemon_pid(mount: Mount) -> int:
