@@ -3,6 +3,7 @@ the fstab helper's translation, `gemfs wait`'s loop, sd_notify, and the registry
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -202,3 +203,36 @@ def test_record_key_is_one_function(tmp_path):
     path = registry.record_file("/mnt/x", registry.default_state_dir(env))
     assert path == str(tmp_path / "state" / "gemfs" / "mounts" / (registry.record_key("/mnt/x") + ".json"))
     assert len(registry.record_key("/mnt/x")) == 16
+
+
+def test_status_socket_answers_live_status_to_its_user_only(tmp_path):
+    from gemfs.mount import StatusSocket, live_status
+    from gemfs.status import fresh
+
+    now = {"files": 1}
+    control = StatusSocket(lambda: dict(now))
+    control.start()
+    try:
+        assert live_status(control.name) == {"files": 1}
+        now["files"] = 0  # an rm: the next answer says so, whatever the record says
+        stale = {"pid": os.getpid(), "control": control.name, "status": {"files": 1}}
+        assert fresh(stale)["status"] == {"files": 0}
+        # Another user gets nothing (the abstract namespace has no file permissions).
+        if os.getuid() == 0:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child, as nobody
+                try:
+                    os.setuid(65534)
+                    os.write(write_fd, repr(live_status(control.name)).encode())
+                finally:
+                    os._exit(0)
+            os.close(write_fd)
+            answer = os.read(read_fd, 1000).decode()
+            os.close(read_fd)
+            os.waitpid(pid, 0)
+            assert answer == "None"
+    finally:
+        control.close()
+    assert live_status(control.name) is None  # closed: gemfs status falls back to the record
+    assert fresh(stale) == stale
