@@ -473,11 +473,16 @@ def unmount(mountpoint: str, timeout: float = 600.0) -> int:
         pid = int(entry["pid"])
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        quiet_until = time.monotonic() + 3.0  # a wait longer than this is said
         said = False
         while registry.pid_alive(pid) and time.monotonic() < deadline:
             uploads = ((registry.read(absolute) or {}).get("status") or {}).get("uploads") or []
             if uploads and not said:
                 print(f"gemfs: waiting for {len(uploads)} upload(s) to finish", file=sys.stderr)
+                said = True
+            elif not said and time.monotonic() > quiet_until:
+                print(f"gemfs: waiting for the daemon (pid {pid}) to finish and unmount "
+                      f"(up to {timeout:.0f} s)", file=sys.stderr)
                 said = True
             time.sleep(0.1)
             _reap(pid)
