@@ -16,6 +16,7 @@ along (`rw`, `_netdev`, `nofail`, `noauto`, `x-systemd.*`, `dev`, `suid`, ...) a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 SOURCES = "gemini, local, or an http(s):// URL"
@@ -123,12 +124,20 @@ def parse_argv(argv: list[str]) -> tuple[str, str, list[str], bool, bool]:
 def main(argv: list[str] | None = None, prog: str = "mount.gemfs") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        try:
+            print(__doc__.strip(), flush=True)
+        except BrokenPipeError:  # `mount.gemfs --help | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     try:
         source, mountpoint, options, sloppy, fake = parse_argv(argv)
         args = translate(source, mountpoint, options, sloppy)
     except HelperError as e:
+        if prog == "gemfs" and str(e).startswith("unknown source"):
+            from gemfs.cli import COMMANDS
+
+            e = HelperError(f"{argv[0]!r} is neither a command ({', '.join(COMMANDS)}) "
+                            f"nor a mount source ({SOURCES}); see gemfs --help")
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     if fake:  # mount -f: do everything but the mount
