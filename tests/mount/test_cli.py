@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -91,6 +92,25 @@ def test_wait_until_a_video_is_active(tmp_path, server_factory):
         assert (proc.returncode, proc.stderr) == (0, "")
         for name in ("clip.mp4", "other.mp4"):
             assert json.loads((m.path / f"{name}.meta.json").read_text())["state"] == "ACTIVE"
+        # On a terminal: one progress line, rewritten in place, and wiped at the end.
+        (m.path / "third.mp4").write_bytes(b"\0" * 1000)
+        master, slave = pty.openpty()
+        waiter = subprocess.run(gemfs_cmd("wait", str(m.path / "third.mp4")), env=m.env,
+                                stdout=subprocess.PIPE, stderr=slave, timeout=120, cwd=REPO_ROOT)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(master)
+        assert waiter.returncode == 0, shown
+        assert shown.startswith(b"\rgemfs: waiting: 0 of 1 ACTIVE; ") and b": PROCESSING (" in shown
+        assert shown.endswith(b"\r") and b"\n" not in shown  # nothing left on the terminal
         proc = run_gemfs(m.env, "wait", str(m.path / "missing.mp4"))
         assert proc.returncode == 1 and "missing.mp4: no such file" in proc.stderr
     finally:
