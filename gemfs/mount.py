@@ -91,6 +91,11 @@ def _absolute(path: str | None) -> str | None:
 def check_mountpoint(path: str) -> str:
     """The absolute mount point, or a MountError saying what is wrong with it."""
     absolute = registry.canonical(path)
+    on_top = registry.mount_table_entry(absolute)
+    if on_top and on_top[1] == "autofs":
+        # systemd's automount point (x-systemd.automount): the first access to it started this
+        # mount, which goes on top of it. Listing it would wait for this very mount.
+        return absolute
     try:
         os.stat(absolute)
     except FileNotFoundError:

@@ -236,3 +236,17 @@ def test_status_socket_answers_live_status_to_its_user_only(tmp_path):
         control.close()
     assert live_status(control.name) is None  # closed: gemfs status falls back to the record
     assert fresh(stale) == stale
+
+
+def test_a_systemd_automount_point_is_mounted_over_not_refused(tmp_path, monkeypatch):
+    from gemfs import mount
+
+    point = tmp_path / "auto"
+    point.mkdir()
+    (point / "not-empty").write_text("x")  # would be refused, were it not autofs
+    with pytest.raises(mount.MountError, match="not an empty directory"):
+        mount.check_mountpoint(str(point))
+    monkeypatch.setattr(registry, "mount_table_entry",
+                        lambda p: ("systemd-1", "autofs") if p == str(point) else None)
+    monkeypatch.setattr(os, "listdir", lambda p: pytest.fail("listed the automount point"))
+    assert mount.check_mountpoint(str(point)) == str(point)
