@@ -25,7 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-# Mount the embedded local Files API server at $(MNT) (data under ~/.local/share/gemfs).
+# Mount the embedded local Files API server at $(MNT) (data under ~/.local/share/gemfs);
+# `make mount MNT=/some/empty/dir` mounts elsewhere.
 mount: setup
 	mkdir -p $(MNT)
 	$(GEMFS) mount --local $(MNT)

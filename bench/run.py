@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import MountProcess, ServerProcess, in_mount_table, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -266,11 +266,6 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-def in_mount_table(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
-
-
 @contextlib.contextmanager
 def sigint_deferred() -> Iterator[None]:
     """Hold Ctrl-C back while starting or taking down a mount, then raise it: a mount started
@@ -302,32 +297,18 @@ class BenchServer(ServerProcess):
         return self.client(KEY)
 
 
-class BenchMount:
-    """One `gemfs mount` daemon, as a user starts it, with its own XDG dirs, staging and log."""
+class BenchMount(MountProcess):
+    """The tests' mount (tests/helpers.py) with the benchmark's key, no forced listing TTL, and
+    `gemfs mount`/`unmount` kept safe from Ctrl-C."""
+
+    mount_timeout = 120.0
 
     def __init__(self, root: Path, server: ServerProcess, *, list_ttl: float | None = None,
                  name: str = "mnt") -> None:
-        self.path = root / name
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.log = root / f"{name}.log"
-        self.env = dict(os.environ)
-        # Its own state, cache and data dirs: the registry entry, staging sweep and anything
-        # else the daemon keeps never mix with the user's own mounts.
-        for var in ("XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
-            self.env[var] = str(root / var.lower())
-        self.state = root / "xdg_state_home"
-        self.env.pop("GEMINI_API_KEY", None)
-        self.env.pop("GOOGLE_API_KEY", None)
-        keyfile = root / f"{name}.key"
-        keyfile.write_text(KEY + "\n")
-        keyfile.chmod(0o600)
-        self.args = ["--base-url", server.url, "--api-key-file", str(keyfile),
-                     "--staging-dir", str(root / f"{name}-staging"), "--log-file", str(self.log)]
-        if list_ttl is not None:
-            self.args += ["--list-ttl", str(list_ttl)]
+        super().__init__(root, server, KEY, name=name, list_ttl=list_ttl)
         self.pid = 0
 
-    def _gemfs(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    def gemfs(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
         # Its own session: a Ctrl-C in the terminal must not kill `gemfs mount` after it forked
         # the daemon (which would then mount unseen), nor `gemfs unmount` halfway.
         with sigint_deferred():
@@ -336,43 +317,30 @@ class BenchMount:
                                   start_new_session=True)
 
     def start(self) -> BenchMount:
-        proc = self._gemfs("mount", str(self.path), *self.args, timeout=120)
+        proc = self.gemfs("mount", str(self.path), *self.args, timeout=self.mount_timeout)
         if proc.returncode != 0 or not in_mount_table(self.path):
             raise RuntimeError(f"gemfs mount failed: {proc.stderr.strip()}\n{self.log_tail()}")
-        self.pid = self._pid_from_registry()
+        self.pid = int(self.record()["pid"])
         return self
-
-    def _pid_from_registry(self) -> int:
-        # The daemon records its pid in the mount registry (gemfs/registry.py), keyed by the
-        # mount point under XDG_STATE_HOME: the same file `gemfs status` reads.
-        from gemfs import registry
-
-        key = hashlib.sha1(registry.canonical(str(self.path)).encode()).hexdigest()[:16]
-        entry = self.state / "gemfs" / "mounts" / f"{key}.json"
-        return int(json.loads(entry.read_text())["pid"])
 
     def status(self) -> dict[str, Any]:
         """The daemon's live status record (uploads in flight, listing age), as `gemfs status`."""
-        from gemfs import registry
-
-        key = hashlib.sha1(registry.canonical(str(self.path)).encode()).hexdigest()[:16]
         try:
-            entry = json.loads((self.state / "gemfs" / "mounts" / f"{key}.json").read_text())
+            return self.record().get("status") or {}
         except (OSError, ValueError):
             return {}
-        return entry.get("status") or {}
 
     def stop(self) -> None:
         if not in_mount_table(self.path):
             return
-        proc = self._gemfs("unmount", "--timeout", "300", str(self.path), timeout=330)
+        proc = self.gemfs("unmount", "--timeout", "300", str(self.path), timeout=330)
         if proc.returncode != 0 or in_mount_table(self.path):
             # Last resort, so no mount of ours is left behind whatever happened.
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
             raise RuntimeError(f"gemfs unmount failed: {proc.stderr.strip()}")
 
     def log_tail(self, n: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+        return self.read_log()[-n:]
 
 
 def sh(command: list[str] | str, *, cwd: Path | None = None, capture: bool = False,

@@ -493,7 +493,8 @@ class GemFS(Operations):
             "f_blocks": self.quota // BLOCK,
             "f_bfree": free,
             "f_bavail": free,
-            "f_files": self.catalog.stats()["files"],
+            # df -i shows f_files - f_ffree as used: f_files must count the Files too.
+            "f_files": self.catalog.stats()["files"] + (1 << 20),
             "f_ffree": 1 << 20,
             "f_favail": 1 << 20,
             "f_namemax": 255,

@@ -1,18 +1,25 @@
-"""Mount and unmount: checks before mounting, daemonizing with a readiness pipe, the FUSE loop,
-the live status record, and a clean shutdown (uploads in flight finish, then unmount).
+"""Mount and unmount: the mount options and their defaults (the one place they are written),
+checks before mounting, daemonizing with a readiness pipe, telling systemd (sd_notify), the FUSE
+loop, the live status record and status socket, and a clean shutdown (uploads in flight finish,
+then unmount).
 
 The parent process returns only once the mount is live (exit 0) or with one clear line on why
-it is not. SIGINT/SIGTERM reach libfuse's own handlers, which stop taking requests and let the
-ones being served (an upload in `flush`) finish before the file system is unmounted.
+it is not; waits of more than a moment (an unreachable server) are said on stderr while they
+last. SIGINT/SIGTERM reach libfuse's own handlers, which stop taking requests and let the ones
+being served (an upload in `flush`) finish before the file system is unmounted.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -23,7 +30,12 @@ from gemfs import registry
 
 log = logging.getLogger(__name__)
 
-GB = 1024**3  # the server and the mount count in binary units (docs/SERVER.md)
+GiB = 1024**3  # the server and the mount count in binary units (docs/SERVER.md)
+
+# libfuse 3.14 warns "Ignoring invalid max threads value 4294967295" on every mount unless the
+# idle-thread limit is given; 10 is what libfuse used before the option existed.
+MAX_IDLE_THREADS = 10
+CHECK_DEADLINE = 10.0  # the key check at mount retries an unreachable server this long at most
 
 
 class MountError(Exception):
@@ -32,6 +44,9 @@ class MountError(Exception):
 
 @dataclass
 class MountOptions:
+    """Everything `gemfs mount` takes; the defaults here are the only copy (cli.py reads them).
+    Directories left None are the XDG defaults, filled in by `resolve_dirs`."""
+
     mountpoint: str
     api_key: str | None = None
     base_url: str | None = None
@@ -40,28 +55,49 @@ class MountOptions:
     foreground: bool = False
     list_ttl: float = 30.0
     show_meta: bool = False
-    staging_dir: str | None = None
+    staging_dir: str | None = None  # default ~/.cache/gemfs/staging
+    cache_dir: str | None = None  # default ~/.cache/gemfs/cache
+    state_dir: str | None = None  # default ~/.local/state/gemfs
+    cache_size: int = 10 * GiB  # 0: no cache
+    wait_active: bool = False
     allow_other: bool = False
     read_only: bool = False
     log_file: str | None = None
     debug: bool = False
-    quota: int = 20 * GB
-    max_file_size: int = 2 * GB
+    quota: int = 20 * GiB
+    max_file_size: int = 2 * GiB
     retry_deadline: float = 60.0
     request_timeout: float = 120.0
     attr_timeout: float = 1.0
-    cache_size: int = 10 * GB
-    cache_dir: str | None = None
-    state_dir: str | None = None
-    wait_active: bool = False
     server_args: tuple[str, ...] = ()
+
+    def resolve_dirs(self) -> None:
+        """Fill in the default directories (for this process's HOME and XDG variables)."""
+        cache = registry.cache_dir()
+        self.staging_dir = _absolute(self.staging_dir) or os.path.join(cache, "staging")
+        self.cache_dir = _absolute(self.cache_dir) or os.path.join(cache, "cache")
+        self.state_dir = _absolute(self.state_dir) or registry.default_state_dir()
+        if self.local:
+            self.data_dir = _absolute(self.data_dir) or os.path.join(registry.data_dir(), "local")
+
+
+DEFAULTS = MountOptions(mountpoint="")
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(os.path.expanduser(path)) if path else None
 
 
 def check_mountpoint(path: str) -> str:
     """The absolute mount point, or a MountError saying what is wrong with it."""
     absolute = registry.canonical(path)
+    on_top = registry.mount_table_entry(absolute)
+    if on_top and on_top[1] == "autofs":
+        # systemd's automount point (x-systemd.automount): the first access to it started this
+        # mount, which goes on top of it. Listing it would wait for this very mount.
+        return absolute
     try:
-        st = os.stat(absolute)
+        os.stat(absolute)
     except FileNotFoundError:
         raise MountError(f"{path} does not exist")
     except OSError as e:
@@ -70,20 +106,14 @@ def check_mountpoint(path: str) -> str:
         raise MountError(f"{path}: {e.strerror}")
     if not os.path.isdir(absolute):
         raise MountError(f"{path} is not a directory")
-    if os.path.ismount(absolute) or _in_mount_table(absolute):
+    if os.path.ismount(absolute) or registry.in_mount_table(absolute):
         raise MountError(f"{path} is already a mount point")
-    if os.listdir(absolute):
-        raise MountError(f"{path} is not an empty directory")
-    del st
-    return absolute
-
-
-def _in_mount_table(path: str) -> bool:
     try:
-        with open("/proc/self/mounts") as f:
-            return any(line.split()[1].replace("\\040", " ") == path for line in f if line.strip())
-    except OSError:
-        return False
+        if os.listdir(absolute):
+            raise MountError(f"{path} is not an empty directory")
+    except PermissionError:
+        raise MountError(f"{path}: permission denied")
+    return absolute
 
 
 def _configure_logging(opts: MountOptions, to_stderr: bool) -> None:
@@ -109,19 +139,22 @@ def run(opts: MountOptions) -> int:
         opts.mountpoint = check_mountpoint(opts.mountpoint)
         if not opts.local and not opts.api_key:
             raise MountError("no API key: set GEMINI_API_KEY, or use --api-key-file FILE or --local")
+        opts.resolve_dirs()
     except MountError as e:
         print(f"gemfs: {e}", file=sys.stderr)
         return 1
     if opts.foreground:
         _configure_logging(opts, to_stderr=True)
         return _serve(opts, ready=lambda: print(f"gemfs: mounted at {opts.mountpoint}", file=sys.stderr),
-                      fail=lambda msg: print(f"gemfs: {msg}", file=sys.stderr))
+                      fail=lambda msg: print(f"gemfs: {msg}", file=sys.stderr),
+                      say=lambda msg: print(f"gemfs: {msg}", file=sys.stderr))
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid:
         os.close(write_fd)
         return _wait_for_child(read_fd, pid)
-    # The child: its own session, no terminal, reports readiness through the pipe.
+    # The child: its own session, no terminal, reports through the pipe: "wait ..." lines while
+    # it waits for the server, then one "ok" or "error ..." line.
     os.close(read_fd)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -129,33 +162,94 @@ def run(opts: MountOptions) -> int:
         os.dup2(devnull, fd)
     _configure_logging(opts, to_stderr=False)
     reported = threading.Event()
+    pipe_lock = threading.Lock()  # guards write_fd: one line at a time, none after the last
 
-    def report(line: str) -> None:
-        if reported.is_set():
-            return
-        reported.set()
-        try:
-            os.write(write_fd, (line + "\n").encode())
-            os.close(write_fd)
-        except OSError:
-            pass
+    def send(line: str, last: bool) -> None:
+        with pipe_lock:
+            if reported.is_set():
+                return
+            try:
+                os.write(write_fd, (line.replace("\n", " ") + "\n").encode())
+                if last:
+                    reported.set()
+                    os.close(write_fd)
+            except OSError:
+                reported.set()
 
-    code = _serve(opts, ready=lambda: report("ok"), fail=lambda msg: report("error " + msg))
+    code = _serve(opts, ready=lambda: send("ok", True), fail=lambda msg: send("error " + msg, True),
+                  say=lambda msg: send("wait " + msg, False))
     os._exit(code)
 
 
 def _wait_for_child(read_fd: int, pid: int) -> int:
     with os.fdopen(read_fd) as pipe:
-        line = pipe.readline().strip()
-    if line == "ok":
-        return 0
-    if line.startswith("error "):
-        print(f"gemfs: {line[6:]}", file=sys.stderr)
-    else:
-        _, status = os.waitpid(pid, 0)
-        print(f"gemfs: the mount daemon exited before the mount was ready (status {status})",
-              file=sys.stderr)
+        for raw in pipe:
+            line = raw.strip()
+            if line.startswith("wait "):
+                print(f"gemfs: {line[5:]}", file=sys.stderr, flush=True)
+                continue
+            if line == "ok":
+                return 0
+            if line.startswith("error "):
+                print(f"gemfs: {line[6:]}", file=sys.stderr)
+                return 1
+            break
+    _, status = os.waitpid(pid, 0)
+    print(f"gemfs: the mount daemon exited before the mount was ready (status {status})",
+          file=sys.stderr)
     return 1
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify units) about the daemon, by hand over $NOTIFY_SOCKET, as
+    sd_notify(3) does; False when not run by systemd or the socket is gone."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":  # the abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError as e:
+        log.warning("could not notify systemd: %s", e)
+        return False
+
+
+def _short_reason(failure) -> str:
+    """`connection refused`, `503 UNAVAILABLE`: what a waiting line says about a failure."""
+    if failure.code:
+        return f"{failure.code} {failure.status}".strip()
+    text = re.sub(r"^\w+: ", "", failure.message)
+    text = re.sub(r"\[Errno -?\d+\] ", "", text).strip()
+    return (text[:1].lower() + text[1:]) or "no answer"
+
+
+def _check_key(remote, budget: float, say) -> tuple[list, bool]:
+    """The first `files.list` page: checks the key and the server. An unreachable or failing
+    server is retried for `budget` seconds, and the wait is said once through `say`."""
+    from gemfs.errors import GemfsError
+
+    end = None
+    delay = 0.25
+    while True:
+        try:
+            return remote.list_page(deadline=0)
+        except GemfsError as e:
+            failure = e.failure
+            if failure is None or not failure.retryable:
+                raise
+            now = time.monotonic()
+            if end is None:
+                end = now + budget
+                say(f"waiting for {remote.base_url}: {_short_reason(failure)} "
+                    f"(retrying for {budget:.0f} s)")
+            if now + delay >= end:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _describe_check_failure(exc: Exception, base_url: str) -> str:
@@ -195,7 +289,7 @@ def _one_malloc_arena() -> None:
         pass
 
 
-def _serve(opts: MountOptions, ready, fail) -> int:
+def _serve(opts: MountOptions, ready, fail, say=lambda msg: None) -> int:
     """Build everything, mount, and run the FUSE loop until unmount; returns the exit code."""
     from gemfs.fuse_plus import PlusFUSE as FUSE
 
@@ -203,6 +297,7 @@ def _serve(opts: MountOptions, ready, fail) -> int:
 
     from gemfs.catalog import Catalog
     from gemfs.embedded import EmbeddedServer
+    from gemfs.errors import GemfsError
     from gemfs.fs import GemFS
     from gemfs.remote import Remote
     from gemfs.staging import StagingArea
@@ -211,17 +306,18 @@ def _serve(opts: MountOptions, ready, fail) -> int:
 
     server = None
     staging = None
+    remote = None
     try:
         base_url, api_key = opts.base_url, opts.api_key
         if opts.local:
-            data = opts.data_dir or os.path.join(registry.data_dir(), "local")
-            server = EmbeddedServer(data, extra_args=list(opts.server_args), log_file=opts.log_file)
+            server = EmbeddedServer(opts.data_dir, extra_args=list(opts.server_args),
+                                    log_file=opts.log_file)
             base_url, api_key = server.start(), server.api_key
         remote = Remote(api_key, base_url, deadline=opts.retry_deadline,
                         request_timeout=opts.request_timeout)
         try:
-            first, more = remote.list_page(deadline=min(opts.retry_deadline, 10.0))
-        except Exception as e:
+            first, more = _check_key(remote, min(opts.retry_deadline, CHECK_DEADLINE), say)
+        except GemfsError as e:
             raise MountError(_describe_check_failure(e, remote.base_url)) from e
         fs_ref: list = []
 
@@ -236,32 +332,34 @@ def _serve(opts: MountOptions, ready, fail) -> int:
         catalog = Catalog(listing, ttl=opts.list_ttl)
         if not more:
             catalog.install(first, time.time())
-        staging_root = opts.staging_dir or os.path.join(registry.cache_dir(), "staging")
-        staging = StagingArea(staging_root, max_file_size=opts.max_file_size,
+        staging = StagingArea(opts.staging_dir, max_file_size=opts.max_file_size,
                               quota_left=lambda: opts.quota - catalog.used_bytes())
         if staging.swept:
             log.info("swept %d stale staging directories", staging.swept)
         project = registry.project_key(
             f"local:{os.path.realpath(server.data_dir)}" if server else f"{remote.base_url}\0{api_key}")
-        cache = ContentCache(os.path.join(opts.cache_dir or os.path.join(registry.cache_dir(), "cache"),
-                                          project), opts.cache_size)
-        state = StateStore(os.path.join(opts.state_dir or registry.state_dir(), project))
+        cache = ContentCache(os.path.join(opts.cache_dir, project), opts.cache_size)
+        state = StateStore(os.path.join(opts.state_dir, project))
     except (MountError, RuntimeError, OSError) as e:
         fail(str(e))
         if server:
             server.stop()
+        if remote:
+            remote.close()
         return 1
 
     backend = "local" if opts.local else remote.base_url
-    entry = {"pid": os.getpid(), "mountpoint": opts.mountpoint, "backend": backend,
-             "base_url": remote.base_url, "started": time.time(), "log_file": opts.log_file,
-             "data_dir": server.data_dir if server else None}
     live = threading.Event()
     fs = None
+    control = StatusSocket(lambda: fs.status() if fs and live.is_set() else None)
+    entry = {"pid": os.getpid(), "mountpoint": opts.mountpoint, "backend": backend,
+             "base_url": remote.base_url, "started": time.time(), "log_file": opts.log_file,
+             "data_dir": server.data_dir if server else None, "control": control.name}
 
     def on_ready() -> None:
         live.set()
         registry.write(opts.mountpoint, {**entry, "status": fs.status() if fs else {}})
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=mounted at {opts.mountpoint}")
         ready()
 
     fs = GemFS(remote, catalog, staging, quota=opts.quota, show_meta=opts.show_meta,
@@ -276,7 +374,9 @@ def _serve(opts: MountOptions, ready, fail) -> int:
     stop_status = threading.Event()
     threading.Thread(target=_status_loop, args=(opts.mountpoint, entry, fs, live, stop_status),
                      daemon=True, name="gemfs-status").start()
-    fuse_options = {"fsname": "gemfs", "subtype": "gemfs", "default_permissions": True}
+    control.start()
+    fuse_options = {"fsname": "gemfs", "subtype": "gemfs", "default_permissions": True,
+                    "max_idle_threads": MAX_IDLE_THREADS}
     if opts.allow_other:
         fuse_options["allow_other"] = True
     if opts.read_only:
@@ -290,7 +390,10 @@ def _serve(opts: MountOptions, ready, fail) -> int:
             code = 1
         # else: libfuse stopped on a signal after unmounting, which is a clean stop.
     finally:
+        if live.is_set():
+            sd_notify("STOPPING=1")
         stop_status.set()
+        control.close()
         fs.drain()
         fs.upload_held()
         staging.close()
@@ -318,6 +421,77 @@ def _status_loop(mountpoint: str, entry: dict, fs, live: threading.Event, stop: 
             last = status
 
 
+class StatusSocket:
+    """The daemon's live status, answered on a unix socket in the abstract namespace, so
+    `gemfs status` shows counts as they are now, not as the record last written (up to 0.5 s
+    old, so a `gemfs status` right after an `rm` showed the old count).
+
+    Each connection gets one JSON line of `fs.status()` and is closed. Only the user who runs the
+    daemon (and root) is answered: the abstract namespace has no file permissions, so the peer's
+    uid is checked (SO_PEERCRED).
+    """
+
+    def __init__(self, status) -> None:
+        self._status = status
+        self.name = f"gemfs-status-{os.getpid()}-{os.urandom(6).hex()}"
+        self._sock: socket.socket | None = None
+
+    def start(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.bind("\0" + self.name)
+            sock.listen(8)
+        except OSError as e:  # `gemfs status` falls back to the record
+            log.warning("no live status socket: %s", e)
+            return
+        self._sock = sock
+        threading.Thread(target=self._serve, daemon=True, name="gemfs-status-socket").start()
+
+    def _serve(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                            struct.calcsize("3i"))
+                    _, uid, _ = struct.unpack("3i", creds)
+                    if uid not in (os.getuid(), 0):
+                        continue
+                    status = self._status()
+                    if status is not None:
+                        conn.settimeout(2.0)
+                        conn.sendall(json.dumps(status).encode() + b"\n")
+                except OSError as e:
+                    log.debug("status socket: %s", e)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def live_status(name: str, timeout: float = 2.0) -> dict | None:
+    """Ask a daemon's status socket (its record's `control`) for its status now; None if it
+    does not answer (an older daemon, one that is stopping, or not ours)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(timeout)
+            sock.connect("\0" + name)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
+
+
 def unmount(mountpoint: str, timeout: float = 600.0) -> int:
     """`gemfs unmount`: let the daemon finish its uploads and unmount; clean a stale mount."""
     absolute = registry.canonical(mountpoint)
@@ -326,20 +500,25 @@ def unmount(mountpoint: str, timeout: float = 600.0) -> int:
         pid = int(entry["pid"])
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        quiet_until = time.monotonic() + 3.0  # a wait longer than this is said
         said = False
         while registry.pid_alive(pid) and time.monotonic() < deadline:
             uploads = ((registry.read(absolute) or {}).get("status") or {}).get("uploads") or []
             if uploads and not said:
                 print(f"gemfs: waiting for {len(uploads)} upload(s) to finish", file=sys.stderr)
                 said = True
+            elif not said and time.monotonic() > quiet_until:
+                print(f"gemfs: waiting for the daemon (pid {pid}) to finish and unmount "
+                      f"(up to {timeout:.0f} s)", file=sys.stderr)
+                said = True
             time.sleep(0.1)
             _reap(pid)
         if registry.pid_alive(pid):
             print(f"gemfs: the daemon (pid {pid}) did not stop within {timeout:.0f}s", file=sys.stderr)
             return 1
-        if not _in_mount_table(absolute):
+        if not registry.in_mount_table(absolute):
             return 0
-    elif not _in_mount_table(absolute):
+    elif not registry.in_mount_table(absolute):
         registry.remove(absolute)
         print(f"gemfs: {mountpoint} is not mounted", file=sys.stderr)
         return 1

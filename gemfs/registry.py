@@ -1,17 +1,28 @@
 """Where running mounts record themselves (pid, backend, live status) for `gemfs unmount` and
-`gemfs status`: one JSON file per mount point under the user's state directory, mode 0600."""
+`gemfs status`: one JSON file per mount point under the user's state directory, mode 0600; and
+the one reading of the kernel's mount table."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import time
 
 
+def default_state_dir(environ: dict | None = None) -> str:
+    """Where the records live for a process with this environment (the current one by default)."""
+    env = os.environ if environ is None else environ
+    home = env.get("HOME") or os.path.expanduser("~")
+    base = env.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    return os.path.join(base, "gemfs")
+
+
 def state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    path = os.path.join(base, "gemfs")
+    # Always the XDG place, whatever `gemfs mount --state-dir` says (that one is the daemon's own
+    # working state): `gemfs status` and `gemfs unmount` must find every mount's record.
+    path = default_state_dir()
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
@@ -39,11 +50,45 @@ def canonical(mountpoint: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
 
 
+def record_key(mountpoint: str) -> str:
+    """The record's file name (without `.json`) for a mount point: the one place it is computed."""
+    return hashlib.sha1(canonical(mountpoint).encode()).hexdigest()[:16]
+
+
+def record_file(mountpoint: str, state: str | None = None) -> str:
+    """The record's path under the state directory `state` (default: this process's)."""
+    return os.path.join(state or state_dir(), "mounts", record_key(mountpoint) + ".json")
+
+
 def _entry_path(mountpoint: str) -> str:
-    key = hashlib.sha1(canonical(mountpoint).encode()).hexdigest()[:16]
-    folder = os.path.join(state_dir(), "mounts")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    return os.path.join(folder, key + ".json")
+    path = record_file(mountpoint)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return path
+
+
+def unescape_mount_field(field: str) -> str:
+    """A /proc/self/mounts field as the path it names: the kernel writes space, tab, newline and
+    backslash as octal escapes (\\040, \\011, \\012, \\134)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_table_entry(path: str) -> tuple[str, str] | None:
+    """(source, type) of the last mount on exactly `path` in /proc/self/mounts, or None."""
+    found = None
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and unescape_mount_field(fields[1]) == str(path):
+                    found = (unescape_mount_field(fields[0]), fields[2])
+    except OSError:
+        return None
+    return found
+
+
+def in_mount_table(path) -> bool:
+    """Whether something is mounted on exactly `path` (a str or Path, absolute)."""
+    return mount_table_entry(str(path)) is not None
 
 
 def write(mountpoint: str, entry: dict) -> None:

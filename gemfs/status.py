@@ -1,20 +1,14 @@
 """`gemfs status`: the mounts, their backend, uploads in flight with a progress bar each, staged
-bytes, listing age and quota used, read from the records the daemons keep in `registry`."""
+bytes, listing age and quota used. Each running daemon is asked for its status now (its status
+socket); the record it keeps in `registry` is the fallback. Sizes in binary units, as df."""
 
 from __future__ import annotations
 
-import os
+import sys
 import time
 
 from gemfs import registry
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from gemfs.units import format_size as human
 
 
 def bar(done: int, total: int, width: int = 30) -> str:
@@ -49,11 +43,22 @@ def render(entry: dict, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def fresh(entry: dict) -> dict:
+    """The entry with the daemon's status as it is now, when the daemon answers."""
+    from gemfs.mount import live_status
+
+    name = entry.get("control")
+    if not name or not registry.pid_alive(int(entry.get("pid", 0))):
+        return entry
+    status = live_status(name)
+    return {**entry, "status": status} if status is not None else entry
+
+
 def run(mountpoint: str | None) -> int:
     if mountpoint:
-        entry = registry.read(os.path.abspath(mountpoint))
+        entry = registry.read(registry.canonical(mountpoint))
         if entry is None:
-            print(f"gemfs: {mountpoint} is not a gemfs mount")
+            print(f"gemfs: {mountpoint} is not a gemfs mount", file=sys.stderr)
             return 1
         entries = [entry]
     else:
@@ -61,5 +66,5 @@ def run(mountpoint: str | None) -> int:
         if not entries:
             print("no gemfs mounts")
             return 0
-    print("\n\n".join(render(e) for e in entries))
+    print("\n\n".join(render(fresh(e)) for e in entries))
     return 0

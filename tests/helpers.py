@@ -1,13 +1,15 @@
 """Shared test helpers: `ServerProcess` runs `gemfs serve` as a subprocess and talks to it (the
 SDK for the public API, httpx for the admin API); `InProcessServer` offers the same interface
 over the server's ASGI app run in the test's own process (no socket, no process start);
-`wait_for` polls a condition with a deadline.
+`MountProcess` runs a `gemfs mount` daemon on a fresh mount point; `wait_for` polls a
+condition with a deadline.
 
-Other test folders import these (`from tests.helpers import ServerProcess`).
+Other test folders and bench/run.py import these (`from tests.helpers import ServerProcess`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+from gemfs import registry
 
 T = TypeVar("T")
 
@@ -400,3 +404,92 @@ class InProcessServer:
             timeout=kwargs.pop("timeout", 60),
             **kwargs,
         )
+
+
+def gemfs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gemfs", *args]
+
+
+def isolated_env(root: Path) -> dict:
+    """The environment with its own XDG state, cache and data dirs under `root`, and no API key:
+    a mount's record and staging sweep never mix with the user's own mounts."""
+    env = dict(os.environ)
+    for var in ("XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+        env[var] = str(root / var.lower())
+    env.pop("GEMINI_API_KEY", None)
+    env.pop("GOOGLE_API_KEY", None)
+    return env
+
+
+def in_mount_table(path: Path) -> bool:
+    return registry.in_mount_table(path)
+
+
+class MountProcess:
+    """One `gemfs mount` daemon on a fresh mount point, as a user starts it.
+
+    Its mount point, staging dir, log and key file are under `root` (named after `name`), its
+    XDG dirs too (`isolated_env`). `server` is a ServerProcess, or None with `local=True`.
+    """
+
+    mount_timeout = 60.0  # how long `gemfs mount` may take to return
+
+    def __init__(self, root: Path, server: ServerProcess | None, key: str = DEFAULT_KEYS[0], *,
+                 extra: Iterable[str] = (), local: bool = False, name: str = "mnt",
+                 list_ttl: float | None = 1.0) -> None:
+        self.root = root
+        self.path = root / name
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.staging = root / f"{name}-staging"
+        self.log = root / f"{name}.log"
+        self.env = isolated_env(root)
+        self.server = server
+        self.key = key
+        self.args = ["--staging-dir", str(self.staging), "--log-file", str(self.log)]
+        if list_ttl is not None:
+            self.args += ["--list-ttl", str(list_ttl)]
+        self.args += list(extra)
+        if local:
+            self.args += ["--local", "--data", str(root / "local-data")]
+        else:
+            keyfile = root / f"{name}.key"
+            keyfile.write_text(key + "\n")
+            keyfile.chmod(0o600)
+            self.args += ["--base-url", server.url, "--api-key-file", str(keyfile)]
+
+    def gemfs(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        """Run a gemfs command with this mount's environment."""
+        return subprocess.run(gemfs_cmd(*args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO_ROOT)
+
+    def start(self) -> MountProcess:
+        proc = self.gemfs("mount", str(self.path), *self.args, timeout=self.mount_timeout)
+        assert proc.returncode == 0, f"mount failed: {proc.stderr}\n{self.read_log()}"
+        assert in_mount_table(self.path)
+        return self
+
+    def stop(self) -> None:
+        if in_mount_table(self.path):
+            proc = self.gemfs("unmount", str(self.path), timeout=120)
+            assert proc.returncode == 0, proc.stderr
+        assert not in_mount_table(self.path)
+
+    def read_log(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def sh(self, command: str, *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run a shell command inside the mount point, as a user would."""
+        proc = subprocess.run(["bash", "-c", command], cwd=self.path, capture_output=True,
+                              text=True, timeout=timeout, env=self.env)
+        if check:
+            assert proc.returncode == 0, f"{command!r} failed: {proc.stderr}\n{self.read_log()[-3000:]}"
+        return proc
+
+    def status(self) -> str:
+        """What `gemfs status MOUNTPOINT` prints."""
+        return self.gemfs("status", str(self.path), timeout=30).stdout
+
+    def record(self) -> dict:
+        """The daemon's registry record (pid, backend, last status), as `gemfs status` reads it."""
+        path = registry.record_file(str(self.path), registry.default_state_dir(self.env))
+        return json.loads(Path(path).read_text())

@@ -163,13 +163,7 @@ SDK_CHUNK_RETRY_SECONDS = 7.0
 
 def mount_record(mount: Mount) -> dict:
     """What a running mount's daemon records for `gemfs status` (pid, status, listing age)."""
-    import json
-
-    from gemfs import registry
-
-    key = hashlib.sha1(registry.canonical(str(mount.path)).encode()).hexdigest()[:16]
-    entry = Path(mount.env["XDG_STATE_HOME"]) / "gemfs" / "mounts" / f"{key}.json"
-    return json.loads(entry.read_text())
+    return mount.record()
 
 
 def daemon_pid(mount: Mount) -> int:
