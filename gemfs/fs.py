@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from mfusepy import Operations, fuse_get_context
 
 from gemfs import mime, sidecar
-from gemfs.catalog import Catalog, DirNode, FileNode, Path, split_path
+from gemfs.catalog import Catalog, DirNode, FileNode, Path, display_name, display_name_for, split_path
 from gemfs.errors import GemfsError, fuse_op
 from gemfs.model import FileRecord
 from gemfs.remote import Remote
@@ -45,8 +45,10 @@ BLOCK = 4096
 IO_BLOCK = 1 << 20
 
 
-def new_name(path: str) -> Path:
-    """The parts of a path about to be created, refused with EINVAL unless they are UTF-8.
+def new_name(path: str, *, directory: bool = False) -> Path:
+    """The parts of a path about to be created, refused unless a display name can stand for
+    it: EINVAL unless it is UTF-8, ENAMETOOLONG for a component over 255 bytes or a display
+    name over 512 characters (catalog.display_name_for).
 
     Linux names are bytes and display names Unicode: mfusepy hands undecodable bytes over as
     lone surrogates, which the API refuses (400). Saying so at create, before any byte is
@@ -57,6 +59,7 @@ def new_name(path: str) -> Path:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise GemfsError(errno.EINVAL, "file names must be UTF-8") from None
+    display_name_for(parts, directory=directory)
     return parts
 
 
@@ -219,8 +222,9 @@ class GemFS(Operations):
             "st_ctime": int((ctime or mtime) * 1e9),
         }
 
-    def _dir_attrs(self) -> dict:
-        ns = int(self.started * 1e9)
+    def _dir_attrs(self, path: Path = ()) -> dict:
+        # The newest updateTime inside (SEMANTICS.md, Names); the mount time when it is empty.
+        ns = int((self.catalog.dir_mtime(path) or self.started) * 1e9)
         return {
             "st_mode": stat.S_IFDIR | 0o755,
             "st_nlink": 2,
@@ -313,7 +317,7 @@ class GemFS(Operations):
 
     def _node_attrs(self, node) -> dict:
         if isinstance(node, DirNode):
-            return self._dir_attrs()
+            return self._dir_attrs(node.path)
         r = node.record
         # Uploaded bytes can never be read back: 0200 tells tools so before they try.
         mode = 0o444 if r.generated else 0o200
@@ -360,7 +364,7 @@ class GemFS(Operations):
 
     @fuse_op
     def mkdir(self, path: str, mode: int) -> int:
-        parts = new_name(path)
+        parts = new_name(path, directory=True)
         self._check_writable()
         if not self._dir_exists(parts[:-1]):
             raise GemfsError(errno.ENOENT)
@@ -594,7 +598,7 @@ class GemFS(Operations):
                 raise GemfsError(p.error, "an earlier write failed; nothing was uploaded")
             if not p.dirty or skip:
                 return
-            display = "/".join(parts)
+            display = display_name(parts)  # local names decoded: the inverse of the tree's
             mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
             size = p.staged.size
             progress = {"path": display, "size": size, "sent": 0, "started": time.time()}
