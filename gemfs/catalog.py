@@ -292,6 +292,14 @@ class Tree:
         node = entries.get(path[-1])
         return node if node is not None else self._by_old_suffix(path)
 
+    def claimant(self, path: Path) -> FileRecord | None:
+        """The File whose display name asks for exactly `path`, even when it is shown under a
+        suffixed name (the oldest, if several): what a new file created at `path` replaces."""
+        entries = self.dirs.get(path[:-1], {})
+        found = [n.record for n in entries.values()
+                 if isinstance(n, FileNode) and wanted_path(n.record) == path]
+        return min(found, key=lambda r: (r.create_time, r.id), default=None)
+
     def _by_old_suffix(self, path: Path) -> FileNode | None:
         """A File by the suffixed name `<stem>~<id><ext>` it was shown under, after the
         collision that suffixed it went away (its plain name came free): `rm -rf` lists a
@@ -631,6 +639,9 @@ class Catalog:
 
     def path_of(self, file_id: str) -> Path | None:
         return self._read(lambda tree: tree.paths.get(file_id))
+
+    def claimant(self, path: Path) -> FileRecord | None:
+        return self._read(lambda tree: tree.claimant(path))
 
     def dir_mtime(self, path: Path) -> float:
         """The newest updateTime under folder `path`, recursively (or when it was made or

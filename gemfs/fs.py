@@ -193,7 +193,41 @@ class GemFS(Operations):
         if owner is None:
             return None
         node = self.catalog.lookup(path[:-1] + (owner,))
-        return node.record if isinstance(node, FileNode) else None
+        if not isinstance(node, FileNode) or self._copying_in(path[-1]):
+            return None
+        return node.record
+
+    def _copying_in(self, name: str) -> bool:
+        """Is the calling process reading a file called `name` from outside this mount?
+
+        `cp -r` of a folder holding `X` and `X.meta.json` opens each source, then creates its
+        copy with O_EXCL; the kernel refuses that (EEXIST) when the lookup finds X's sidecar.
+        For the process that is copying such a file in, the sidecar name is free, so the copy
+        becomes a File of that display name (shown as `X.meta~<id>.json`, SEMANTICS.md, Names).
+        Reading /proc/PID/fd resolves names in the kernel without calling into this mount.
+        """
+        pid = fuse_get_context()[2]
+        if pid <= 0:
+            return False
+        inside = self.mountpoint.rstrip("/") + "/" if self.mountpoint else None
+        folder = f"/proc/{pid}"
+        try:
+            fds = os.listdir(f"{folder}/fd")
+        except OSError:
+            return False
+        for fd in fds:
+            try:
+                target = os.readlink(f"{folder}/fd/{fd}")
+                if os.path.basename(target) != name or (inside and target.startswith(inside)):
+                    continue
+                with open(f"{folder}/fdinfo/{fd}") as info:
+                    flags = next(int(line.split()[1], 8) for line in info
+                                 if line.startswith("flags:"))
+            except (OSError, StopIteration, ValueError):
+                continue
+            if flags & os.O_ACCMODE == os.O_RDONLY:  # a source; `cat X > X.meta.json` is not
+                return True
+        return False
 
     def _new_handle(self, obj: Pending | ReadHandle) -> int:
         fh = next(self._next_fh)
@@ -430,7 +464,11 @@ class GemFS(Operations):
         node = self.catalog.lookup(parts)
         if isinstance(node, DirNode):
             raise GemfsError(errno.EISDIR)
-        return self._start_pending(parts, node.record if isinstance(node, FileNode) else None)
+        if isinstance(node, FileNode):
+            return self._start_pending(parts, node.record)
+        # A copy onto a sidecar's name replaces the File of that display name, shown suffixed.
+        claimed = self.catalog.claimant(parts) if sidecar.split(parts[-1]) else None
+        return self._start_pending(parts, claimed)
 
     @fuse_op
     def open(self, path: str, flags: int) -> int:
@@ -659,11 +697,11 @@ class GemFS(Operations):
         self._check_writable()
         if not self._dir_exists(dst[:-1]):
             raise GemfsError(errno.ENOENT)
-        if self._sidecar_record(dst) is not None or self._sidecar_record(src) is not None:
-            raise GemfsError(errno.EPERM, "sidecars are read-only")
         with self._lock:
             pending = self._pending.get(src)
         if pending is None:
+            if self._sidecar_record(src) is not None:
+                raise GemfsError(errno.EPERM, "sidecars are read-only")
             node = self.catalog.lookup(src)
             if node is None:
                 raise GemfsError(errno.ENOENT)
@@ -696,6 +734,12 @@ class GemFS(Operations):
             pending.dirty = True
             if isinstance(target, FileNode):
                 pending.replaces.append(target.record)
+            elif sidecar.split(dst[-1]) is not None:
+                # A rename onto a sidecar's name (rsync's `.X.meta.json.XXXXXX` onto
+                # `X.meta.json`) makes a File of that display name, shown `X.meta~<id>.json`.
+                claimed = self.catalog.claimant(dst)
+                if claimed is not None:
+                    pending.replaces.append(claimed)
         if pending.handles == 0:
             # A closed temp file renamed to its final name: this is its one upload.
             try:

@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 
-from tests.mount.conftest import wait_for
+from tests.mount.conftest import Mount, wait_for
 from tests.mount.test_copy import remote_files, shlex
 
 
@@ -152,3 +152,74 @@ def test_rm_rf_of_a_folder_and_a_file_that_share_a_name(mount, sdk):
         assert proc.returncode == 0, proc.stderr
         assert os.listdir(mount.path) == []
         assert remote_files(sdk) == {}
+
+
+def _json_or_none(path):
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def _x_and_its_namesake(tmp_path, tag: str):
+    src = tmp_path / f"src-{tag}"
+    src.mkdir()
+    (src / "X").write_bytes(b"the file X\n")
+    (src / "X.meta.json").write_bytes(b'{"mine": "a file of my own, not a sidecar"}\n')
+    return src
+
+
+def test_cp_r_of_a_folder_holding_x_and_x_meta_json_keeps_both(tmp_path, gemfs_server, sdk, admin):
+    # A long attribute cache: the sidecar must read whole right after the copy all the same.
+    mount = Mount(tmp_path, gemfs_server, extra=("--attr-timeout", "60")).start()
+    try:
+        _cp_r_keeps_both(mount, sdk, admin, tmp_path)
+    finally:
+        mount.stop()
+
+
+def _cp_r_keeps_both(mount, sdk, admin, tmp_path):
+    src = _x_and_its_namesake(tmp_path, "a")
+    # Into a new folder (cp creates each copy with O_EXCL), in the order the source lists them,
+    # then file by file in both orders, so `X` goes first at least once.
+    mount.sh(f"cp -r {shlex(src)} d1")
+    mount.sh(f"mkdir d2 d3 && cp {shlex(src / 'X')} {shlex(src / 'X.meta.json')} d2/"
+             f" && cp {shlex(src / 'X.meta.json')} {shlex(src / 'X')} d3/")
+    for folder in ("d1", "d2", "d3"):
+        made = {f.display_name: f for f in sdk.files.list() if f.display_name.startswith(folder)}
+        assert sorted(made) == [f"{folder}/X", f"{folder}/X.meta.json"]
+        own_id = made[f"{folder}/X.meta.json"].name.removeprefix("files/")
+        # Listed under its suffixed name; X.meta.json still is X's sidecar.
+        assert sorted(os.listdir(mount.path / folder)) == ["X", f"X.meta~{own_id}.json"]
+        # The copy's release (after cp exits) hands the name back to the sidecar.
+        meta = wait_for(lambda: _json_or_none(mount.path / folder / "X.meta.json"),
+                        what="the sidecar read whole")
+        assert meta["name"] == made[f"{folder}/X"].name
+        own = json.loads((mount.path / folder / f"X.meta~{own_id}.json.meta.json").read_text())
+        assert own["sizeBytes"] == str(len((src / "X.meta.json").read_bytes()))
+    # Again into the existing folder: each File is replaced, none is duplicated.
+    before = _only_x_and_namesake_in(sdk, "d1")
+    mount.sh(f"cp -r {shlex(src)}/. d1/")
+    after = _only_x_and_namesake_in(sdk, "d1")
+    assert all(after[n].name != before[n].name for n in after)
+    # rsync renames its temp file onto the name: the same outcome.
+    admin.reset_stats()
+    mount.sh(f"rsync -r {shlex(src)}/ d4/")
+    _only_x_and_namesake_in(sdk, "d4")
+    assert admin.stats()["upload_start"] == 2
+    # Anyone else still finds the read-only sidecar there.
+    assert "Permission denied" in mount.sh("echo x > d1/X.meta.json", check=False).stderr
+    assert mount.sh("cat d1/X.meta.json > X.meta.json.copy && cat d1/X.meta.json > X.meta.json"
+                    " && rm X.meta.json.copy", check=False).returncode == 0
+    mount.sh("rm -rf d1 d2 d3 d4 X.meta.json")
+    assert remote_files(sdk) == {}
+
+
+def _only_x_and_namesake_in(sdk, folder: str) -> dict:
+    found = {}
+    for f in sdk.files.list():
+        if f.display_name.startswith(folder + "/"):
+            assert f.display_name not in found, f"{f.display_name} uploaded twice"
+            found[f.display_name] = f
+    assert sorted(found) == [f"{folder}/X", f"{folder}/X.meta.json"], sorted(found)
+    return found
