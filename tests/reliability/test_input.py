@@ -165,7 +165,7 @@ def test_a_name_that_is_not_utf8_fails_at_once_and_lists_nothing(names_mount, cl
 REMOTE_NAMES = {
     "../../etc/passwd": "%2E%2E/%2E%2E/etc/passwd",
     "../escape.txt": "%2E%2E/escape.txt",
-    "..": "%2E%2E~{id}",  # '%2E%2E' is the directory of the two above (Names rule 5)
+    "..": "%2E%2E~{id}",  # '%2E%2E' is the directory of the two above (Names rule 8)
     "./dot/./x": "%2E/dot/%2E/x",
     "a/../b": "a/%2E%2E/b",
     "/leading/slash": "leading/slash",
