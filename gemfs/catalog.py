@@ -401,6 +401,9 @@ class Catalog:
     in-place edits (Tree.try_add/try_remove/set_local_dir) also run only under it. A full
     rebuild, O(all Files), runs outside the lock and is swapped in only when nothing changed
     while it was built (`_gen`); meanwhile readers keep being answered from the current tree.
+    `_build_lock` (taken before `_lock`, never under it) lets one thread at a time rebuild, so
+    the readers that all find the tree stale after a listing wait for one build, not make one
+    each.
     """
 
     def __init__(
@@ -416,6 +419,7 @@ class Catalog:
         self._clock = clock
         self._first_wait = first_wait
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()  # one rebuild at a time; taken before _lock
         self._remote: dict[str, FileRecord] = {}  # guarded by _lock: the last snapshot
         self._fetched_at: float | None = None  # guarded by _lock: when that fetch began
         self._added: dict[str, tuple[FileRecord, float]] = {}  # guarded by _lock
@@ -612,15 +616,22 @@ class Catalog:
             tree = self._fresh_tree(now)
             if tree is not None:
                 return read(tree)
-            gen, live, local = self._gen, self._live(now), dict(self._local_dirs)
-        tree = Tree(live, local)  # O(all Files): outside the lock, other readers go on
-        until = min((r.expiration_time for r in live if r.expiration_time), default=float("inf"))
-        with self._lock:
-            if self._gen == gen and self._fresh_tree(self._clock()) is None:
-                self._tree, self._tree_until = tree, until
-            # Otherwise something changed while it was built: this tree still answers this
-            # call (it is the state when the call began), and the next call builds anew.
-            return read(tree)
+        with self._build_lock:
+            with self._lock:  # another thread may have built it while this one waited
+                now = self._clock()
+                tree = self._fresh_tree(now)
+                if tree is not None:
+                    return read(tree)
+                gen, live, local = self._gen, self._live(now), dict(self._local_dirs)
+            tree = Tree(live, local)  # O(all Files): outside _lock, readers of a tree go on
+            until = min((r.expiration_time for r in live if r.expiration_time),
+                        default=float("inf"))
+            with self._lock:
+                if self._gen == gen and self._fresh_tree(self._clock()) is None:
+                    self._tree, self._tree_until = tree, until
+                # Otherwise something changed while it was built: this tree still answers
+                # this call (the state when the call began), and the next call builds anew.
+                return read(tree)
 
     def _live(self, now: float) -> list[FileRecord]:
         files = dict(self._remote)

@@ -502,3 +502,39 @@ def test_an_identical_listing_keeps_the_tree():
     cat.install([rec("a1", "x/one"), changed], fetched_at=1002)
     assert cat._tree is None
     assert cat.lookup(("two",)).record.size == 5
+
+
+def test_a_rebuild_runs_outside_the_lock(monkeypatch):
+    # While one thread rebuilds the tree (O(all Files)), what needs only the lock goes on: the
+    # quota check of every write (used_bytes), an upload or delete recorded, stats.
+    import gemfs.catalog as catalog_module
+
+    building, finish = threading.Event(), threading.Event()
+
+    class SlowTree(catalog_module.Tree):
+        def __init__(self, *args, **kwargs):
+            building.set()
+            finish.wait(60)
+            super().__init__(*args, **kwargs)
+
+    cat, _, _ = make_catalog([rec("a1", "one", size=7)], Clock(1000), ttl=10_000)
+    monkeypatch.setattr(catalog_module, "Tree", SlowTree)
+    reader = threading.Thread(target=lambda: cat.lookup(("one",)))
+    reader.start()
+    assert building.wait(60)
+    answered = threading.Event()
+
+    def others():
+        assert cat.used_bytes() == 7
+        cat.add_uploaded(rec("b2", "two", size=3))
+        assert cat.stats()["files"] == 2
+        answered.set()
+
+    side = threading.Thread(target=others)
+    side.start()
+    # Deadlock detector, not a speed check: before, these waited for the build to end.
+    assert answered.wait(60), "a rebuild held the catalog lock"
+    finish.set()
+    reader.join()
+    side.join()
+    assert cat.lookup(("two",)).record.id == "b2"  # the upload made meanwhile is not lost
