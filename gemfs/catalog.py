@@ -70,6 +70,7 @@ def split_path(path: str) -> Path:
 # of an escape; so the mapping is exact both ways and ordinary names with '%' stay as they are.
 _CORE = re.compile(r"%(?:25)*(?:00|ED%[AB][0-9A-F]%[89AB][0-9A-F])")  # at any position
 _WHOLE = re.compile(r"%(?:25)*2E(?:%2E)?")  # only as a whole component (fullmatch)
+_SPECIAL = re.compile("[%\x00\ud800-\udfff]")  # a component without these is its own name
 
 
 def escape_component(display: str) -> str:
@@ -78,6 +79,8 @@ def escape_component(display: str) -> str:
     follows it in the output."""
     if display in (".", ".."):
         return "%2E" * len(display)
+    if not _SPECIAL.search(display):
+        return display  # nearly every name: no work per character
     tail = ""
     for i in range(len(display) - 1, -1, -1):
         ch = display[i]
@@ -101,6 +104,8 @@ def decode_component(local: str) -> str:
         return "."
     if local == "%2E%2E":
         return ".."
+    if "%" not in local:
+        return local
     out = []
     i = 0
     while i < len(local):
