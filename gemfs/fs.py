@@ -45,7 +45,7 @@ from mfusepy import Operations, fuse_get_context
 
 from gemfs import mime, procinfo, sidecar, tempnames
 from gemfs.cache import hex_from_api
-from gemfs.catalog import Catalog, DirNode, FileNode, Path, split_path
+from gemfs.catalog import Catalog, DirNode, FileNode, Path, display_name, display_name_for, split_path
 from gemfs.errors import GemfsError, fuse_op
 from gemfs.model import FileRecord
 from gemfs.remote import Remote
@@ -75,8 +75,10 @@ FRESH_SECONDS = 1.0
 HIDDEN_LIST = ".hidden"
 
 
-def new_name(path: str) -> Path:
-    """The parts of a path about to be created, refused with EINVAL unless they are UTF-8.
+def new_name(path: str, *, directory: bool = False) -> Path:
+    """The parts of a path about to be created, refused unless a display name can stand for
+    it: EINVAL unless it is UTF-8, ENAMETOOLONG for a component over 255 bytes or a display
+    name over 512 characters (catalog.display_name_for).
 
     Linux names are bytes and display names Unicode: mfusepy hands undecodable bytes over as
     lone surrogates, which the API refuses (400). Saying so at create, before any byte is
@@ -87,6 +89,7 @@ def new_name(path: str) -> Path:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise GemfsError(errno.EINVAL, "file names must be UTF-8") from None
+    display_name_for(parts, directory=directory)
     return parts
 
 
@@ -279,18 +282,19 @@ class GemFS(Operations):
         if owner is None:
             return None
         node = self.catalog.lookup(path[:-1] + (owner,))
-        return node.record if isinstance(node, FileNode) else None
+        if not isinstance(node, FileNode) or self._copying_in(path[-1]):
+            return None
+        return node.record
 
-    def _hidden_list(self, path: Path) -> bytes | None:
-        """The virtual `.hidden` of a folder (--show-meta): its sidecar names, one a line, so
-        GTK file managers show them only on Ctrl+H. None where there is none."""
-        if not self.show_meta or not path or path[-1] != HIDDEN_LIST:
-            return None
-        entries = self.catalog.listdir(path[:-1])
-        if entries is None or HIDDEN_LIST in entries:
-            return None
-        names = [n + sidecar.SUFFIX for n, node in entries.items() if isinstance(node, FileNode)]
-        return "".join(n + "\n" for n in sorted(names)).encode("utf-8")
+    def _copying_in(self, name: str) -> bool:
+        """Is the calling process reading a file called `name` from outside this mount?
+
+        `cp -r` of a folder holding `X` and `X.meta.json` opens each source, then creates its
+        copy with O_EXCL; the kernel refuses that (EEXIST) when the lookup finds X's sidecar.
+        For the process that is copying such a file in, the sidecar name is free, so the copy
+        becomes a File of that display name (shown as `X.meta~<id>.json`, SEMANTICS.md, Names).
+        """
+        return procinfo.reads_named(_caller(), name, outside=self.mountpoint)
 
     def _new_handle(self, obj) -> int:
         fh = next(self._next_fh)
@@ -319,8 +323,9 @@ class GemFS(Operations):
             "st_ctime": int((ctime or mtime) * 1e9),
         }
 
-    def _dir_attrs(self) -> dict:
-        ns = int(self.started * 1e9)
+    def _dir_attrs(self, path: Path = ()) -> dict:
+        # The newest updateTime inside (SEMANTICS.md, Names); the mount time when it is empty.
+        ns = int((self.catalog.dir_mtime(path) or self.started) * 1e9)
         return {
             "st_mode": stat.S_IFDIR | 0o755,
             "st_nlink": 2,
@@ -468,7 +473,7 @@ class GemFS(Operations):
 
     def _node_attrs(self, node) -> dict:
         if isinstance(node, DirNode):
-            return self._dir_attrs()
+            return self._dir_attrs(node.path)
         r = node.record
         if r.generated:
             mode = 0o444
@@ -548,7 +553,7 @@ class GemFS(Operations):
 
     @fuse_op
     def mkdir(self, path: str, mode: int) -> int:
-        parts = new_name(path)
+        parts = new_name(path, directory=True)
         self._refuse_trash(parts)
         self._check_writable()
         if not self._dir_exists(parts[:-1]):
@@ -643,7 +648,11 @@ class GemFS(Operations):
         node = self.catalog.lookup(parts)
         if isinstance(node, DirNode):
             raise GemfsError(errno.EISDIR)
-        return self._start_pending(parts, node.record if isinstance(node, FileNode) else None)
+        if isinstance(node, FileNode):
+            return self._start_pending(parts, node.record)
+        # A copy onto a sidecar's name replaces the File of that display name, shown suffixed.
+        claimed = self.catalog.claimant(parts) if sidecar.split(parts[-1]) else None
+        return self._start_pending(parts, claimed)
 
     @fuse_op
     def open(self, path: str, flags: int) -> int:
@@ -895,7 +904,7 @@ class GemFS(Operations):
                 if durable:
                     self._journal(p, parts)
                 return
-            display = "/".join(parts)
+            display = display_name(parts)  # local names decoded: the inverse of the tree's
             mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
             size = p.staged.size
             progress = {"path": display, "size": size, "sent": 0, "started": time.time()}
@@ -944,7 +953,7 @@ class GemFS(Operations):
         if self.state is None:
             os.fsync(p.staged.fd)
             return
-        display = "/".join(parts)
+        display = display_name(parts)
         replaces = [r.id for r in p.replaces]
         if p.hold is None:
             p.staged.path = self.state.adopt_held(p.staged.path)
@@ -1097,12 +1106,12 @@ class GemFS(Operations):
             return self._hide(src, dst)
         if not self._dir_exists(dst[:-1]):
             raise GemfsError(errno.ENOENT)
-        if self._sidecar_record(dst) is not None or self._sidecar_record(src) is not None:
-            raise GemfsError(errno.EPERM, "sidecars are read-only")
         with self._lock:
             pending = self._pending.get(src)
         target = self.catalog.lookup(dst)
         if pending is None:
+            if self._sidecar_record(src) is not None:
+                raise GemfsError(errno.EPERM, "sidecars are read-only")
             node = self.catalog.lookup(src)
             if node is None:
                 raise GemfsError(errno.ENOENT)
@@ -1140,6 +1149,12 @@ class GemFS(Operations):
                 pending.replaces.append(target.record)
             if pending.hold is not None:
                 self._journal(pending, dst)  # a crash from here on finishes the rename
+            if not isinstance(target, FileNode) and sidecar.split(dst[-1]) is not None:
+                # A rename onto a sidecar's name (rsync's `.X.meta.json.XXXXXX` onto
+                # `X.meta.json`) makes a File of that display name, shown `X.meta~<id>.json`.
+                claimed = self.catalog.claimant(dst)
+                if claimed is not None:
+                    pending.replaces.append(claimed)
         if idle and kind == "upload":
             # A closed temp file renamed to its final name: this is its one upload.
             try:

@@ -109,21 +109,39 @@ def holds_for_writing(pid: int, target: str, *, max_depth: int = 16) -> bool:
 
 
 def _process_holds(pid: int, target: str) -> bool:
+    return any(target == path and not reading
+               for path, reading in _open_files(pid, lambda path: path == target))
+
+
+def reads_named(pid: int, name: str, *, outside: str = "") -> bool:
+    """Does task `pid` hold a file called `name` open for reading only, outside the folder
+    `outside`? (A `cp` whose source is named like the copy it is making.)"""
+    if pid <= 0:
+        return False
+    inside = outside.rstrip("/") + "/" if outside else None
+
+    def wanted(path: str) -> bool:
+        return os.path.basename(path) == name and not (inside and path.startswith(inside))
+
+    return any(reading for _, reading in _open_files(_thread_group(pid), wanted))
+
+
+def _open_files(pid: int, wanted):
+    """(path, opened read-only) of the descriptors of process `pid` whose path `wanted` takes."""
     folder = f"/proc/{pid}/fd"
     try:
         fds = os.listdir(folder)
     except OSError:
-        return False
+        return
     for fd in fds:
         try:
-            if os.readlink(f"{folder}/{fd}") != target:
+            path = os.readlink(f"{folder}/{fd}")
+            if not wanted(path):
                 continue
             with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
                 for line in f:
                     if line.startswith(b"flags:"):
-                        if int(line.split()[1], 8) & _ACCMODE != os.O_RDONLY:
-                            return True
+                        yield path, int(line.split()[1], 8) & _ACCMODE == os.O_RDONLY
                         break
         except (OSError, ValueError, IndexError):
             continue
-    return False

@@ -1,12 +1,27 @@
 """The catalog's naming rules, collisions, expiry and refresh, with a fake clock and listing."""
 
+import errno
 import threading
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gemfs.catalog import Catalog, DirNode, FileNode, Tree, split_path, suffixed, wanted_path
+from gemfs.catalog import (
+    DISPLAY_NAME_MAX,
+    Catalog,
+    DirNode,
+    FileNode,
+    Tree,
+    decode_component,
+    display_name,
+    display_name_for,
+    escape_component,
+    split_path,
+    suffixed,
+    wanted_path,
+)
+from gemfs.errors import GemfsError
 from gemfs.model import FileRecord
 
 
@@ -54,9 +69,17 @@ def test_file_without_display_name_is_id_plus_extension():
         ("..", ("%2E%2E",)),
         ("../etc/passwd", ("%2E%2E", "etc", "passwd")),
         ("./x", ("%2E", "x")),
-        ("line\nbreak", ("line%0Abreak",)),
+        ("line\nbreak", ("line\nbreak",)),  # a Linux name can hold it: ls quotes it itself
         ("nul\x00byte", ("nul%00byte",)),
-        ("tab\there", ("tab%09here",)),
+        ("tab\there", ("tab\there",)),
+        ("lone\ud800", ("lone%ED%A0%80",)),
+        ("100%", ("100%",)),
+        ("a%0Ab", ("a%0Ab",)),
+        ("%00", ("%2500",)),  # read back as NUL if left as it is
+        ("%2E", ("%252E",)),  # read back as '.'
+        ("%2E%2E/x", ("%252E%2E", "x")),
+        ("x/%2E", ("x", "%252E")),
+        ("a%2E", ("a%2E",)),  # '%2E' means '.' only as a whole component
         ("emoji 🎵.mp3", ("emoji 🎵.mp3",)),
     ],
 )
@@ -65,6 +88,8 @@ def test_hostile_components_are_escaped(display, expected):
     assert path == expected
     for part in path:
         assert part not in (".", "..") and "/" not in part and "\x00" not in part
+        part.encode("utf-8")  # strict: no lone surrogate is left
+    assert display_name(path) == "/".join(p for p in display.split("/") if p)
 
 
 def test_long_components_are_cut_stably_and_apart():
@@ -280,8 +305,236 @@ def test_deletes_taken_out_in_place_match_a_rebuild(displays, order, local):
     while live:
         gone = live.pop()
         cat.mark_deleted(gone.id)
-        want = Tree(live, local)
+        want = Tree(live, cat.local_dirs())  # with the folders its deletes emptied
         assert _walk(cat) == {d: {n: (type(node).__name__, getattr(getattr(node, "record", None), "id", None))
                                   for n, node in entries.items()} for d, entries in want.dirs.items()}
         assert all(cat.path_of(r.id) == want.paths[r.id] for r in live)
         assert cat.used_bytes() == sum(r.size for r in live)
+
+
+# --- names map both ways exactly (docs/SEMANTICS.md, Names) -------------------------------------
+
+# Alphabets rich in what the escapes are made of, so the rare forms (%2500, %25%ED%A0%80,
+# %252E%2E) come up often.
+_DISPLAY_CHARS = st.sampled_from(list("%25%0EDAB8.\n") + ["\x00", "\ud800", "\udfff", "\udcff",
+                                                           "é", "🎵", "x", "%"])
+_LOCAL_PIECES = st.sampled_from(["%", "2", "5", "0", "E", "D", "A", "B", "8", "F", ".", "\n",
+                                 "%25", "%00", "%2E", "%ED%A0%80", "%ED%BF%BF", "%ED%9F%BF",
+                                 "%ed%a0%80", "é", "x"])
+
+
+def _display_components():
+    return st.text(_DISPLAY_CHARS, min_size=1, max_size=12)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_display_components())
+def test_p2_decode_undoes_escape(display):
+    local = escape_component(display)
+    assert decode_component(local) == display
+    assert local not in (".", "..") and "/" not in local and "\x00" not in local
+    local.encode("utf-8")  # a name Linux can hold
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_display_components(), _display_components())
+def test_p1_escape_is_injective(a, b):
+    if a != b:
+        assert escape_component(a) != escape_component(b)
+
+
+@settings(max_examples=1000, deadline=None)
+@example("%252E")
+@example("%252E%2E")
+@example("%25252E%2E")
+@example("%2500")
+@example("%25%ED%A0%80")
+@given(st.lists(_LOCAL_PIECES, min_size=1, max_size=10).map("".join))
+def test_p3_a_created_name_is_shown_as_it_was_created(local):
+    if local in (".", ".."):
+        return
+    # Every name a user can create (UTF-8, no '/', no NUL, not '.' or '..') comes back.
+    assert escape_component(decode_component(local)) == local
+
+
+def test_examples_of_both_directions():
+    assert escape_component("%00") == "%2500" and decode_component("%2500") == "%00"
+    assert escape_component("%%00") == "%%2500"
+    assert escape_component("%\x00") == "%%00"
+    assert escape_component("%\ud800") == "%%ED%A0%80"
+    assert escape_component("%%ED%A0%80") == "%%25ED%A0%80"
+    assert decode_component("%2E") == "." and decode_component("%2E%2E") == ".."
+    assert decode_component("%252E") == "%2E" and decode_component("%25252E") == "%252E"
+    assert decode_component("%2E%2E%2E") == "%2E%2E%2E"  # no whole form: plain
+    assert decode_component("a\nb") == "a\nb" and decode_component("a%0Ab") == "a%0Ab"
+    # The two names of issue 9 no longer meet.
+    assert wanted_path(rec("n1", "a\nb")) != wanted_path(rec("n2", "a%0Ab"))
+
+
+def test_names_that_cannot_be_created_are_refused_clearly():
+    assert display_name_for(("d", "a%0Ab")) == "d/a%0Ab"
+    assert display_name_for(("%2E%2E", "x")) == "../x"
+    assert display_name_for(("n" * 255,)) == "n" * 255
+    with pytest.raises(GemfsError) as too_long:
+        display_name_for(("n" * 256,))
+    assert too_long.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(GemfsError) as multibyte:
+        display_name_for(("é" * 128,))  # 256 bytes
+    assert multibyte.value.errno == errno.ENAMETOOLONG
+    deep = ("d" * 200, "e" * 200, "f" * 110)  # 510 + 2 slashes = 512 characters
+    assert len(display_name_for(deep)) == DISPLAY_NAME_MAX
+    with pytest.raises(GemfsError) as path_too_long:
+        display_name_for(deep[:-1] + ("f" * 111,))
+    assert path_too_long.value.errno == errno.ENAMETOOLONG
+    # Escapes count as what they stand for: '%00' is one character of the display name.
+    assert len(display_name_for(("%00" * 80, "%00" * 80, "%00" * 80))) == 242
+    # A folder needs room for '/' and a file name in it.
+    with pytest.raises(GemfsError):
+        display_name_for(deep, directory=True)
+    with pytest.raises(GemfsError) as surrogate:
+        display_name_for(("x%ED%A0%80",))
+    assert surrogate.value.errno == errno.EINVAL
+
+
+# --- folder times -------------------------------------------------------------------------------
+
+
+def rec_at(fid, display, updated):
+    return rec(fid, display, created=updated)  # rec() sets updateTime = createTime
+
+
+def test_folders_take_the_newest_update_time_inside_them():
+    tree = Tree([rec_at("f1", "a/b/old", 100), rec_at("f2", "a/b/c/new", 300),
+                 rec_at("f3", "a/top", 200), rec_at("f4", "z", 50)], {("made",): 400})
+    assert tree.dir_mtime(("a", "b", "c")) == 300
+    assert tree.dir_mtime(("a", "b")) == 300
+    assert tree.dir_mtime(("a",)) == 300
+    assert tree.dir_mtime(("made",)) == 400  # made with mkdir, still empty: its mkdir time
+    assert tree.dir_mtime(()) == 400
+
+
+@settings(max_examples=200, deadline=None)
+@given(displays=st.lists(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3)
+                         .map("/".join), min_size=1, max_size=10),
+       times=st.lists(st.integers(1, 50), min_size=10, max_size=10),
+       order=st.randoms(use_true_random=False))
+def test_folder_times_kept_in_place_match_a_rebuild(displays, times, order):
+    records = [rec_at(f"id{i:02d}", d, 100 + times[i]) for i, d in enumerate(displays)]
+    cat, _, _ = make_catalog([], Clock(1000), ttl=10_000)
+    cat.lookup(())
+    live = []
+    for r in records:  # uploads, put in place
+        cat.add_uploaded(r)
+        live.append(r)
+        want = Tree(live, cat.local_dirs())
+        for d in want.dirs:
+            assert cat.dir_mtime(d) == want.dir_mtime(d), d
+    order.shuffle(live)
+    while live:  # deletes, taken out in place
+        cat.mark_deleted(live.pop().id)
+        want = Tree(live, cat.local_dirs())
+        for d in want.dirs:
+            assert cat.dir_mtime(d) == want.dir_mtime(d), d
+
+
+# --- rm -r: folders emptied here stay until rmdir --------------------------------------------------
+
+
+def test_a_folder_emptied_by_this_mount_stays_until_rmdir():
+    clock = Clock(1000)
+    cat, _, _ = make_catalog([rec("f1", "a/b/c/x"), rec("f2", "a/b/c/y"), rec("f3", "keep/z")],
+                             clock)
+    cat.lookup(())
+    cat.mark_deleted("f1")
+    assert cat.local_dirs() == {}  # c still holds y
+    clock.t = 1001
+    cat.mark_deleted("f2")
+    assert cat.listdir(("a", "b", "c")) == {}  # emptied, still there
+    assert cat.local_dirs() == {("a", "b", "c"): 1001}
+    assert cat.dir_mtime(("a", "b", "c")) == 1001
+    # rmdir of each level leaves the next one up standing until it is rmdir'd too.
+    for depth in (3, 2, 1):
+        path = ("a", "b", "c")[:depth]
+        assert cat.listdir(path) == {}
+        cat.remove_dir(path)
+        assert cat.lookup(path) is None
+    assert sorted(cat.listdir(())) == ["keep"]
+    assert cat.local_dirs() == {}
+    # Another client's delete or an expiry does not keep anything.
+    cat.install([], fetched_at=2000)
+    assert cat.listdir(()) == {}
+
+
+def test_emptied_folder_is_kept_even_when_the_tree_is_stale():
+    clock = Clock(1000)
+    cat, _, _ = make_catalog([rec("f1", "d/x"), rec("f2", "e/y"), rec("f3", "e/z")], clock)
+    cat.lookup(())
+    cat.install([rec("f1", "d/x"), rec("f2", "e/y"), rec("f3", "e/z"), rec("f4", "new")], 1000)
+    cat.mark_deleted("f1")  # no tree right after a listing: found by a scan
+    cat.mark_deleted("f2")
+    assert cat.local_dirs() == {("d",): 1000}
+    assert cat.listdir(("d",)) == {} and list(cat.listdir(("e",))) == ["z"]
+
+
+def test_a_suffixed_name_still_resolves_after_its_collision_is_gone():
+    # rm -rf of a folder `a` (File a/b) and a File `a`, shown as `a~f1` beside it.
+    clock = Clock(1000)
+    cat, _, _ = make_catalog([rec("f1", "a", created=50), rec("f2", "a/b")], clock)
+    assert sorted(cat.listdir(())) == ["a", "a~f1"]
+    cat.mark_deleted("f2")
+    cat.remove_dir(("a",))
+    assert cat.lookup(("a",)).record.id == "f1"  # its plain name is free now
+    assert cat.lookup(("a~f1",)).record.id == "f1"  # and the name rm listed still works
+    assert cat.lookup(("a~f2",)) is None and cat.lookup(("a~nope",)) is None
+    assert cat.lookup(("b~f1",)) is None  # only its own suffixed name
+    assert sorted(cat.listdir(())) == ["a"]
+
+
+def test_an_identical_listing_keeps_the_tree():
+    clock = Clock(1000)
+    records = [rec("a1", "x/one"), rec("b2", "two")]
+    cat, _, _ = make_catalog(records, clock)
+    cat.lookup(())
+    tree = cat._tree
+    cat.install([rec("a1", "x/one"), rec("b2", "two")], fetched_at=1001)
+    assert cat._tree is tree
+    changed = rec("b2", "two", size=5)
+    cat.install([rec("a1", "x/one"), changed], fetched_at=1002)
+    assert cat._tree is None
+    assert cat.lookup(("two",)).record.size == 5
+
+
+def test_a_rebuild_runs_outside_the_lock(monkeypatch):
+    # While one thread rebuilds the tree (O(all Files)), what needs only the lock goes on: the
+    # quota check of every write (used_bytes), an upload or delete recorded, stats.
+    import gemfs.catalog as catalog_module
+
+    building, finish = threading.Event(), threading.Event()
+
+    class SlowTree(catalog_module.Tree):
+        def __init__(self, *args, **kwargs):
+            building.set()
+            finish.wait(60)
+            super().__init__(*args, **kwargs)
+
+    cat, _, _ = make_catalog([rec("a1", "one", size=7)], Clock(1000), ttl=10_000)
+    monkeypatch.setattr(catalog_module, "Tree", SlowTree)
+    reader = threading.Thread(target=lambda: cat.lookup(("one",)))
+    reader.start()
+    assert building.wait(60)
+    answered = threading.Event()
+
+    def others():
+        assert cat.used_bytes() == 7
+        cat.add_uploaded(rec("b2", "two", size=3))
+        assert cat.stats()["files"] == 2
+        answered.set()
+
+    side = threading.Thread(target=others)
+    side.start()
+    # Deadlock detector, not a speed check: before, these waited for the build to end.
+    assert answered.wait(60), "a rebuild held the catalog lock"
+    finish.set()
+    reader.join()
+    side.join()
+    assert cat.lookup(("two",)).record.id == "b2"  # the upload made meanwhile is not lost
