@@ -296,6 +296,17 @@ class GemFS(Operations):
         """
         return procinfo.reads_named(_caller(), name, outside=self.mountpoint)
 
+    def _hidden_list(self, path: Path) -> bytes | None:
+        """The virtual `.hidden` of a folder (--show-meta): its sidecar names, one a line, so
+        GTK file managers show them only on Ctrl+H. None where there is none."""
+        if not self.show_meta or not path or path[-1] != HIDDEN_LIST:
+            return None
+        entries = self.catalog.listdir(path[:-1])
+        if entries is None or HIDDEN_LIST in entries:
+            return None
+        names = [n + sidecar.SUFFIX for n, node in entries.items() if isinstance(node, FileNode)]
+        return "".join(n + "\n" for n in sorted(names)).encode("utf-8")
+
     def _new_handle(self, obj) -> int:
         fh = next(self._next_fh)
         self._handles[fh] = obj

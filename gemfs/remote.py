@@ -11,7 +11,6 @@ message; the API key never is.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
