@@ -22,7 +22,7 @@ import pytest
 from tests.mount.test_copy import assert_uploaded, remote_files, sha_field, shlex
 from tests.mount.conftest import wait_for
 
-RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 AT_FDCWD = -100
 
 
@@ -331,6 +331,7 @@ def test_rename_exchange_is_refused_and_nothing_changes(mount, sdk, admin, tmp_p
     put(mount, tmp_path, "b.txt", b"bbbb")
     admin.reset_stats()
     assert renameat2(mount.path / "a.txt", mount.path / "b.txt", RENAME_EXCHANGE) == errno.EINVAL
+    assert renameat2(mount.path / "a.txt", mount.path / "c.txt", RENAME_WHITEOUT) == errno.EINVAL
     assert sorted(remote_files(sdk)) == ["a.txt", "b.txt"]
     assert_uploaded(sdk, "a.txt", b"aaa")
     assert_uploaded(sdk, "b.txt", b"bbbb")
@@ -341,13 +342,29 @@ def test_rename_exchange_is_refused_and_nothing_changes(mount, sdk, admin, tmp_p
 def test_rename_noreplace(mount, sdk, admin, tmp_path):
     put(mount, tmp_path, "taken.txt", b"keep")
     mount.sh("mkdir folder")
-    with open(mount.path / "open.tmp", "wb") as f:  # a file still being written
-        f.write(b"new")
-        for target in ("taken.txt", "folder", "taken.txt.meta.json"):
+    admin.reset_stats()
+    with open(mount.path / "open.tmp", "wb") as f, open(mount.path / "other.tmp", "wb") as g:
+        f.write(b"new")  # two files still being written
+        g.write(b"other")
+        for target in ("taken.txt", "folder", "taken.txt.meta.json", "other.tmp"):
             assert renameat2(mount.path / "open.tmp", mount.path / target,
                              RENAME_NOREPLACE) == errno.EEXIST, target
         assert renameat2(mount.path / "open.tmp", mount.path / "free.txt",
                          RENAME_NOREPLACE) == 0
-    assert sorted(remote_files(sdk)) == ["free.txt", "taken.txt"]
+    assert sorted(remote_files(sdk)) == ["free.txt", "other.tmp", "taken.txt"]
     assert_uploaded(sdk, "taken.txt", b"keep")
     assert_uploaded(sdk, "free.txt", b"new")
+    assert_uploaded(sdk, "other.tmp", b"other")
+    stats = admin.stats()
+    assert (stats["upload_start"], stats["delete"]) == (2, 0)
+
+
+def test_no_trash_folder_at_the_top(mount, admin):
+    admin.reset_stats()
+    for name in (".Trash", ".Trash-0", ".Trash-1000"):
+        proc = mount.sh(f"mkdir {name}", check=False)
+        assert proc.returncode == 1 and "Operation not permitted" in proc.stderr, name
+    mount.sh("mkdir .Trash-x sub && mkdir sub/.Trash-0")  # only the XDG names, only at the top
+    assert sorted(os.listdir(mount.path)) == [".Trash-x", "sub"]
+    assert os.listdir(mount.path / "sub") == [".Trash-0"]
+    assert admin.stats()["upload_start"] == 0
