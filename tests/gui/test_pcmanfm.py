@@ -23,7 +23,7 @@ from tests.helpers import ServerProcess, wait_for
 from tests.mount.conftest import KEY, Mount
 from tests.mount.test_copy import remote_files, sha_field
 
-WAIT = 30  # seconds a step may take on a loaded machine before the test gives up on it
+WAIT = 60  # seconds a step may take on a loaded machine before the test gives up on it
 
 OPEN_PROBE = """[Desktop Entry]
 Type=Application
@@ -55,10 +55,14 @@ class Desktop:
         self.mount.start()
         self.sdk = self.server.client(KEY)
         self.env = self._x_env()
-        self.procs.append(subprocess.Popen(
-            ["dbus-run-session", "--", "pcmanfm", str(self.src)], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        self.main = self.window(self.src.name)
+        with open(self.root / "pcmanfm.log", "wb") as log:
+            self.procs.append(subprocess.Popen(
+                ["dbus-run-session", "--", "pcmanfm", str(self.src)], env=self.env,
+                stdout=log, stderr=log, start_new_session=True))
+        try:
+            self.main = self.window(self.src.name)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\npcmanfm.log:\n{(self.root / 'pcmanfm.log').read_text()}")
 
     def _x_env(self) -> dict:
         read, write = os.pipe()
