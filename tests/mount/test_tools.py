@@ -96,7 +96,7 @@ def test_mv_of_an_own_file_inside_the_mount(mount, sdk, tmp_path):
 # -- rsync, temp-then-rename writers ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: the mtime rsync sets is not kept, so it re-uploads")
+@pytest.mark.xfail(strict=True, reason="issue 9: the mtime rsync sets is not kept: re-uploads")
 def test_rsync_twice_uploads_nothing_the_second_time(mount, sdk, admin, tmp_path):
     src = tmp_path / "src"
     for i in range(4):
@@ -137,7 +137,7 @@ def test_sed_in_place(mount, sdk, tmp_path):
     assert_uploaded(sdk, "conf.txt", b"colour=blue\n")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: mkstemp's name is uploaded at close, os.replace EPERM")
+@pytest.mark.xfail(strict=True, reason="issue 9: mkstemp's name uploaded at close, os.replace EPERM")
 def test_python_mkstemp_then_replace(mount, sdk, admin):
     admin.reset_stats()
     fd, tmp = tempfile.mkstemp(dir=mount.path)
@@ -313,7 +313,8 @@ def test_a_256_byte_name_is_refused_at_create(mount, sdk, admin, tmp_path):
 def test_rm_r_of_an_implicit_folder(mount, sdk, tmp_path):
     (tmp_path / "x").write_bytes(b"x")
     for name in ("d/one.txt", "d/sub/two.txt"):
-        sdk.files.upload(file=str(tmp_path / "x"), config={"display_name": name, "mime_type": "text/plain"})
+        sdk.files.upload(file=str(tmp_path / "x"),
+                         config={"display_name": name, "mime_type": "text/plain"})
     wait_for(lambda: (mount.path / "d" / "sub" / "two.txt").exists(), timeout=15,
              what="the other client's Files in the mount")
     proc = mount.sh("rm -r d", check=False)
