@@ -6,17 +6,31 @@ GEMFS   := $(VENV)/bin/gemfs
 MNT     ?= $(HOME)/gemini
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps mount unmount serve test test-long bench clean
+.PHONY: setup system-deps gui-deps mount unmount serve test test-long test-gui bench clean
 
 setup: system-deps $(VENV)/.installed
 
-# FUSE 3 (fusermount3, libfuse3.so.3) and rsync, which the tests drive, from Debian's packages.
+# FUSE 3 (fusermount3, libfuse3.so.3) and the tools the mount tests drive (rsync; gio from
+# libglib2.0-bin; getfattr/setfattr from attr; unzip, zip), from Debian's packages.
+SYSTEM_TOOLS := fusermount3 rsync gio getfattr unzip zip
 system-deps:
-	@if ! command -v fusermount3 >/dev/null 2>&1 || ! command -v rsync >/dev/null 2>&1 \
-	    || ! ldconfig -p | grep -q libfuse3.so.3; then \
-	  echo "installing fuse3 and rsync"; \
+	@missing=; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ] || ! ldconfig -p | grep -q libfuse3.so.3; then \
+	  echo "installing fuse3, rsync, libglib2.0-bin, attr, unzip, zip (missing:$$missing)"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq fuse3 rsync; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    fuse3 rsync libglib2.0-bin attr unzip zip; \
+	fi
+
+# Only for `make test-gui`: a virtual X server, a GTK file manager, input and screenshots.
+GUI_TOOLS := Xvfb pcmanfm xdotool import dbus-run-session
+gui-deps: system-deps
+	@missing=; for t in $(GUI_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing xvfb, pcmanfm, xdotool, imagemagick, dbus (missing:$$missing)"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    xvfb pcmanfm xdotool imagemagick dbus; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +56,11 @@ test: setup
 
 test-long: setup
 	$(PY) -m pytest -m long $(PYTEST_ARGS)
+
+# A file manager (pcmanfm under Xvfb) on a --local mount: paste, paste over, Delete, open.
+# Screenshots go to a temp dir it prints. Not part of `make test`.
+test-gui: setup gui-deps
+	GEMFS_TEST_GUI=1 $(PY) -m pytest tests/gui -v -s $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'

@@ -1287,14 +1287,17 @@ class GemFS(Operations):
 
     @fuse_op
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        attrs = self._xattrs(path)
-        if name in attrs:
-            return attrs[name]
+        # Answered before any lookup: the kernel asks for security.capability before every
+        # write, and ls -l for security.selinux and the POSIX ACLs. ENOTSUP, not ENODATA, for
+        # those namespaces: ls remembers it per device (one request instead of one per file).
         if not name.startswith("user."):
-            # ENOTSUP, not ENODATA: ls -l asks for security.selinux and the POSIX ACLs of
-            # every file, and remembers ENOTSUP per device (one request instead of N).
             raise GemfsError(errno.ENOTSUP)
-        raise GemfsError(errno.ENODATA)
+        if not name.startswith(XATTR_PREFIX):
+            raise GemfsError(errno.ENODATA)
+        value = self._xattrs(path).get(name)
+        if value is None:
+            raise GemfsError(errno.ENODATA)
+        return value
 
     @fuse_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:

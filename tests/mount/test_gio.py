@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from tests.mount.test_copy import assert_uploaded, remote_files, shlex
-from tests.mount.test_tools import put
+from tests.mount.test_tools import put, tag
 
 pytestmark = pytest.mark.skipif(shutil.which("gio") is None,
                                 reason="gio is not installed (libglib2.0-bin; make system-deps)")
@@ -96,7 +96,7 @@ def test_gio_info_shows_size_mtime_and_the_gemini_attributes(mount, sdk, tmp_pat
 def test_gio_copy_preserve_of_a_file_with_xattrs(mount, sdk, tmp_path):
     src = tmp_path / "tagged.txt"
     src.write_bytes(b"tagged")
-    os.setxattr(src, "user.colour", b"red")
+    tag(src)
     proc = mount.sh(f"gio copy --preserve {shlex(src)} tagged.txt", check=False)
     assert proc.returncode == 0, proc.stderr
     assert_uploaded(sdk, "tagged.txt", b"tagged")

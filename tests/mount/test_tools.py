@@ -22,7 +22,7 @@ import pytest
 from tests.mount.test_copy import assert_uploaded, remote_files, sha_field, shlex
 from tests.mount.conftest import wait_for
 
-RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 AT_FDCWD = -100
 
 
@@ -43,6 +43,16 @@ def renameat2(old, new, flags: int) -> int:
     if fn(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) == 0:
         return 0
     return ctypes.get_errno()
+
+
+def tag(path) -> None:
+    """Give a local file a user xattr, or skip when the temp file system keeps none."""
+    try:
+        os.setxattr(path, "user.colour", b"red")
+    except OSError as e:
+        if e.errno != errno.ENOTSUP:
+            raise
+        pytest.skip(f"{path.parent} keeps no user xattrs")
 
 
 def put(mount, tmp_path, name: str, data: bytes) -> None:
@@ -185,11 +195,14 @@ def test_getfattr_shows_the_file_metadata(mount, sdk, tmp_path):
         "user.gemini.expiration_time": f'"{meta["expirationTime"]}"',
     }
     assert f.sha256_hash == sha_field(b"la la la\n")
-    # Python sees the same, and a missing name is ENODATA.
+    # Python sees the same; a missing user name is ENODATA, other namespaces ENOTSUP.
     assert os.getxattr(mount.path / "song.txt", "user.gemini.uri") == f.uri.encode()
     with pytest.raises(OSError) as info:
         os.getxattr(mount.path / "song.txt", "user.other")
     assert info.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as info:  # ls -l asks; ENOTSUP makes it stop asking
+        os.getxattr(mount.path / "song.txt", "security.selinux")
+    assert info.value.errno == errno.ENOTSUP
 
 
 def test_folders_sidecars_and_files_being_written_have_no_xattrs(mount, tmp_path):
@@ -219,14 +232,14 @@ def test_setting_or_removing_xattrs_is_refused(mount, sdk, admin, tmp_path):
     assert (stats["upload_start"], stats["delete"]) == (0, 0)
 
 
-@needs("setfattr")
 def test_copying_a_file_with_xattrs_in(mount, sdk, tmp_path):
-    """ENOTSUP from setxattr: `cp -a` goes on silently (test_gio.py: `gio copy --preserve` too); `cp --preserve=xattr`
-    (which asks for them) and `rsync -X` report it, and the bytes are uploaded all the same."""
+    """ENOTSUP from setxattr: `cp -a` goes on silently (and `gio copy --preserve`, test_gio.py);
+    `cp --preserve=xattr` (which asks for them) and `rsync -X` report it, and the bytes are
+    uploaded all the same."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"with xattr")
-    os.setxattr(src / "f", "user.colour", b"red")
+    tag(src / "f")
     assert mount.sh(f"cp -a {shlex(src / 'f')} a1").returncode == 0
     proc = mount.sh(f"cp --preserve=xattr {shlex(src / 'f')} a2", check=False)
     assert proc.returncode == 1 and "Operation not supported" in proc.stderr
@@ -298,7 +311,8 @@ def test_a_256_byte_name_is_refused_at_create(mount, sdk, admin, tmp_path):
 def test_rm_r_of_an_implicit_folder(mount, sdk, tmp_path):
     (tmp_path / "x").write_bytes(b"x")
     for name in ("d/one.txt", "d/sub/two.txt"):
-        sdk.files.upload(file=str(tmp_path / "x"), config={"display_name": name, "mime_type": "text/plain"})
+        sdk.files.upload(file=str(tmp_path / "x"),
+                         config={"display_name": name, "mime_type": "text/plain"})
     wait_for(lambda: (mount.path / "d" / "sub" / "two.txt").exists(), timeout=15,
              what="the other client's Files in the mount")
     proc = mount.sh("rm -r d", check=False)
@@ -328,6 +342,7 @@ def test_rename_exchange_is_refused_and_nothing_changes(mount, sdk, admin, tmp_p
     put(mount, tmp_path, "b.txt", b"bbbb")
     admin.reset_stats()
     assert renameat2(mount.path / "a.txt", mount.path / "b.txt", RENAME_EXCHANGE) == errno.EINVAL
+    assert renameat2(mount.path / "a.txt", mount.path / "c.txt", RENAME_WHITEOUT) == errno.EINVAL
     assert sorted(remote_files(sdk)) == ["a.txt", "b.txt"]
     assert_uploaded(sdk, "a.txt", b"aaa")
     assert_uploaded(sdk, "b.txt", b"bbbb")
@@ -338,13 +353,29 @@ def test_rename_exchange_is_refused_and_nothing_changes(mount, sdk, admin, tmp_p
 def test_rename_noreplace(mount, sdk, admin, tmp_path):
     put(mount, tmp_path, "taken.txt", b"keep")
     mount.sh("mkdir folder")
-    with open(mount.path / "open.tmp", "wb") as f:  # a file still being written
-        f.write(b"new")
-        for target in ("taken.txt", "folder", "taken.txt.meta.json"):
+    admin.reset_stats()
+    with open(mount.path / "open.tmp", "wb") as f, open(mount.path / "other.tmp", "wb") as g:
+        f.write(b"new")  # two files still being written
+        g.write(b"other")
+        for target in ("taken.txt", "folder", "taken.txt.meta.json", "other.tmp"):
             assert renameat2(mount.path / "open.tmp", mount.path / target,
                              RENAME_NOREPLACE) == errno.EEXIST, target
         assert renameat2(mount.path / "open.tmp", mount.path / "free.txt",
                          RENAME_NOREPLACE) == 0
-    assert sorted(remote_files(sdk)) == ["free.txt", "taken.txt"]
+    assert sorted(remote_files(sdk)) == ["free.txt", "other.tmp", "taken.txt"]
     assert_uploaded(sdk, "taken.txt", b"keep")
     assert_uploaded(sdk, "free.txt", b"new")
+    assert_uploaded(sdk, "other.tmp", b"other")
+    stats = admin.stats()
+    assert (stats["upload_start"], stats["delete"]) == (2, 0)
+
+
+def test_no_trash_folder_at_the_top(mount, admin):
+    admin.reset_stats()
+    for name in (".Trash", ".Trash-0", ".Trash-1000"):
+        proc = mount.sh(f"mkdir {name}", check=False)
+        assert proc.returncode == 1 and "Operation not permitted" in proc.stderr, name
+    mount.sh("mkdir .Trash-x sub && mkdir sub/.Trash-0")  # only the XDG names, only at the top
+    assert sorted(os.listdir(mount.path)) == [".Trash-x", "sub"]
+    assert os.listdir(mount.path / "sub") == [".Trash-0"]
+    assert admin.stats()["upload_start"] == 0
