@@ -24,8 +24,8 @@ Locks, in the order they are taken (a lock never waits for one above it):
    quota callback, which takes `Catalog._lock`, so staging before catalog), `Catalog._lock`,
    the content cache's and the state store's locks, `_fresh_lock`.
 
-No network call is made under 2 or 3. The only network calls under a `Pending.lock` are that
-file's own upload and the deletes of the Files it retires.
+No network call is made under 2 or 3. The only network call under a `Pending.lock` is that
+file's own upload; the deletes of the Files it retires come after the lock is released.
 """
 
 from __future__ import annotations

@@ -129,7 +129,9 @@ def _configure_logging(opts: MountOptions, to_stderr: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The HTTP clients log URLs (upload URLs carry a session token) and, at debug, connection
     # internals; gemfs logs each API call itself, so they stay quiet even with --debug.
-    for noisy in ("httpx", "httpx2", "httpcore", "google_genai", "google.genai"):
+    # mfusepy ("fuse") logs every refused operation with a traceback at debug; gemfs's own
+    # fuse_op logs each one in a line, so an expected EACCES or ENOENT is never a traceback.
+    for noisy in ("httpx", "httpx2", "httpcore", "google_genai", "google.genai", "fuse"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
