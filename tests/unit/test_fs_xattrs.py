@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from gemfs.fs import record_xattrs, sha256_hex
+from gemfs.cache import hex_from_api
+from gemfs.fs import record_xattrs
 from gemfs.model import FileRecord
 
 HEX = hashlib.sha256(b"bytes").hexdigest()
@@ -38,8 +39,8 @@ def test_fields_the_file_lacks_are_no_attributes():
 
 
 def test_sha256_forms():
-    assert sha256_hex(base64.b64encode(HEX.encode()).decode()) == HEX  # what the API sends
-    assert sha256_hex(base64.b64encode(bytes.fromhex(HEX)).decode()) == HEX  # the raw digest
-    assert sha256_hex(base64.b64encode(HEX.upper().encode()).decode()) == HEX
+    assert hex_from_api(base64.b64encode(HEX.encode()).decode()) == HEX  # what the API sends
+    assert hex_from_api(base64.b64encode(bytes.fromhex(HEX)).decode()) == HEX  # the raw digest
+    assert hex_from_api(base64.b64encode(HEX.upper().encode()).decode()) == HEX
     for bad in (None, "", "not base64!", base64.b64encode(b"short").decode()):
-        assert sha256_hex(bad) is None
+        assert hex_from_api(bad) is None
