@@ -94,6 +94,11 @@ class Driver:
             os.close(fd)
             os.unlink(shadow)
 
+    def unmount(self) -> None:
+        """What mount.py does once libfuse has stopped taking requests."""
+        self.fs.drain()
+        self.fs.upload_held()
+
     def relist(self) -> None:
         """A fresh `files.list` snapshot, fetched now in this thread (as a TTL expiry would)."""
         self.catalog.refresh_now()

@@ -251,7 +251,7 @@ def test_rename_of_held_temp_returns_the_upload_error(drv: Driver):
 def test_unlinked_temp_is_never_uploaded(drv: Driver):
     assert drv.write_file("/.a.txt.Xy12Z9", b"content") == 0
     assert drv.rm("/.a.txt.Xy12Z9") == 0
-    drv.fs.upload_held()  # unmount
+    drv.unmount()
     assert drv.remote.count("upload") == 0
     assert drv.remote.count("delete") == 0
     assert drv.ls("/") == {}
@@ -259,8 +259,10 @@ def test_unlinked_temp_is_never_uploaded(drv: Driver):
 
 def test_temp_never_renamed_is_uploaded_under_its_name_at_unmount(drv: Driver):
     assert drv.write_file("/.a.txt.Xy12Z9", b"content") == 0
-    drv.fs.upload_held()
+    assert drv.remote.count("upload") == 0
+    drv.unmount()
     assert drv.remote.data(".a.txt.Xy12Z9") == b"content"
+    assert drv.write_file("/late", b"x") == errno.EROFS  # unmount in progress
 
 
 # -- unlink and rename of files being written --------------------------------------------------------
@@ -539,3 +541,15 @@ def test_listing_fault_keeps_the_previous_snapshot(drv: Driver):
         drv.relist()
     assert raised.value.errno == errno.EIO
     assert names(drv.ls("/")) == {"a.txt"}
+
+
+def test_server_side_quota_refusal_reaches_close(make_driver):
+    """The mount's own count said there was room, but another client filled the project
+    since the last listing: the server's refusal is close's errno, and nothing is left behind."""
+    drv = make_driver(quota=10_000)
+    drv.remote.quota = 10_000
+    drv.remote.add_file("elsewhere.bin", b"e" * 9_000)  # not listed yet
+    assert drv.write_file("/a.bin", b"a" * 2_000) == errno.EDQUOT
+    assert [(r.target, r.outcome) for r in drv.remote.ops("upload")] == [("a.bin", "refused")]
+    assert drv.remote.named("a.bin") == []
+    assert "a.bin" not in drv.ls("/")
