@@ -95,7 +95,7 @@ class FakeRemote:
 
     # -- fault injection ------------------------------------------------------------------------
 
-    def fail_next(self, op: str, err: int = errno.EIO, *, after: bool = False, times: int = 1) -> None:
+    def fail_next(self, op: str, err: int = errno.EIO, after: bool = False, *, times: int = 1) -> None:
         """The next `times` calls of `op` fail with `err`: before doing anything, or (after=True)
         once the work is done, as when the server committed and the answer was lost on the way
         back (what fs.py sees when its uploader gives up)."""
