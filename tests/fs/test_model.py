@@ -179,6 +179,26 @@ class FsMachine(RuleBasedStateMachine):
         if self.settle(path, data, before, result, expect_upload=True):
             self.promise(path, data)
 
+    @rule(path=paths, data=contents, suffix=st.sampled_from(["Xy12Z9", "000000", "aBcDeF"]))
+    def rsync_style(self, path: str, data: bytes, suffix: str) -> None:
+        """rsync: write `.NAME.XXXXXX`, close (held: no upload), rename over NAME (one upload)."""
+        if path in self.opened:
+            return
+        self.mkdir_p(path)
+        folder, name = path.rsplit("/", 1)
+        temp = f"{folder}/.{name}.{suffix}"
+        before = self.drv.remote.count("upload")
+        assert self.drv.write_file(temp, data) == 0
+        assert self.drv.remote.count("upload") == before
+        assert self.drv.stat(temp)["st_size"] == len(data)
+        result = self.drv.mv(temp, path)
+        if self.settle(path, data, before, result, expect_upload=True):
+            self.promise(path, data)
+            assert self.drv.err("getattr", temp, None) == errno.ENOENT
+        elif self.drv.err("getattr", temp, None) == 0:
+            assert self.drv.rm(temp) == 0  # a held file that could not go up: rm never uploads it
+        assert self.drv.err("getattr", temp, None) == errno.ENOENT
+
     def closed_files(self) -> list[str]:
         """Paths whose bytes are promised and that nothing holds open."""
         return sorted(p for p in self.model if p not in self.opened and p not in self.maybe)
