@@ -151,14 +151,16 @@ class Driver:
         return result
 
     def write_file(self, path: str, data: bytes, flags: int = WRITE_FLAGS) -> int:
-        """`cp`'s syscalls: open, write in pieces, close. 0, or the first errno the process saw
-        (a failed write still closes, as cp does)."""
+        """`cp`'s syscalls (or `>>`'s, with O_APPEND): open, write in pieces, close. 0, or the
+        first errno the process saw (a failed write still closes, as cp does)."""
         try:
             fh = self.open(path, flags)
         except OSError as e:
             return e.errno
         try:
-            self.write(fh, data, 0, path)
+            # O_APPEND: the kernel writes at the end it knows, the size from getattr.
+            offset = self.call("getattr", path, fh)["st_size"] if flags & os.O_APPEND else 0
+            self.write(fh, data, offset, path)
         except OSError as e:
             self.close(path, fh)
             return e.errno

@@ -380,7 +380,7 @@ def test_sidecar_is_the_file_resource_as_json(make_driver):
     drv = make_driver(show_meta=True)
     assert drv.write_file("/a.txt", b"hello") == 0
     listed = drv.ls("/")
-    assert names(listed) == {"a.txt", "a.txt.meta.json"}
+    assert names(listed) - {".hidden"} == {"a.txt", "a.txt.meta.json"}  # issue 9 item 5 adds .hidden
     record = drv.remote.named("a.txt")[0].record
     body = drv.read_file("/a.txt.meta.json")
     assert listed["a.txt.meta.json"]["st_size"] == len(body)
@@ -503,14 +503,6 @@ def test_statfs_counts_quota_listed_and_staged_bytes(make_driver):
 
 
 # -- faults both ways -----------------------------------------------------------------------------------
-
-
-def test_lost_upload_answer_fails_the_close_and_the_file_is_listed_later(drv: Driver):
-    drv.remote.fail_next("upload", errno.EIO, after=True)
-    assert drv.write_file("/a.txt", b"hello") == errno.EIO
-    assert drv.remote.data("a.txt") == b"hello"  # the server has it
-    drv.relist()
-    assert drv.ls("/")["a.txt"]["st_size"] == 5
 
 
 def test_delete_fault_before_fails_rm_and_keeps_the_file(drv: Driver):
