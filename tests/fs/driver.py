@@ -1,0 +1,218 @@
+"""Drives a `GemFS` in-process, without FUSE, the way the kernel and mfusepy call it.
+
+`Driver` builds the same objects `gemfs/mount.py` builds (GemFS over a Remote, a Catalog and a
+StagingArea), but over a `FakeRemote` and a `FakeClock`, so a test runs in milliseconds and can
+count every request. Operations are called as mfusepy calls them: paths like "/a/b", file handles
+as ints, open flags; errors surface as mfusepy's `FuseOSError` (an OSError whose errno is what
+the kernel would hand the process), which `fuse_op` in gemfs/errors.py makes of a GemfsError.
+
+The caller's pid (`fuse_get_context`) is this test process, so /proc lookups behave. The mount
+point is an empty directory of the test's own, so no close looks like "the caller keeps another
+descriptor of this file open" unless a test says so with `holding(path)`, which opens a stand-in
+file at that path below it, as a process that keeps its descriptor open during fsync, or a shell
+that dup2()s a redirect and closes the first descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Any, Callable
+
+import gemfs.fs as fs_module
+from gemfs.catalog import Catalog
+from gemfs.fs import GemFS
+from gemfs.staging import StagingArea
+from tests.fs.fake import DEFAULT_MAX_FILE_SIZE, DEFAULT_QUOTA, FakeClock, FakeRemote
+
+WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+CP_CHUNK = 128 * 1024  # cp writes in pieces of max(st_blksize, 128 KiB)
+
+
+class Driver:
+    """One in-process mount: `fs` (the GemFS), `remote` (the FakeRemote), `clock`, `catalog`."""
+
+    def __init__(self, tmp: Path, *, quota: int = DEFAULT_QUOTA, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+                 show_meta: bool = False, list_ttl: float = float("inf"), remote: FakeRemote | None = None,
+                 clock: FakeClock | None = None, seed: int = 0) -> None:
+        self.clock = clock or (remote.clock if remote else FakeClock())
+        self.remote = remote or FakeRemote(self.clock, quota=quota, max_file_size=max_file_size, seed=seed)
+        # An infinite TTL keeps refreshes out of background threads: a test that wants a new
+        # listing calls relist(), which fetches in this thread.
+        self.catalog = Catalog(self.remote.list_all, ttl=list_ttl, clock=self.clock)
+        self.catalog.refresh_now()
+        self.staging = StagingArea(str(tmp / "staging"), max_file_size=max_file_size,
+                                   quota_left=lambda: quota - self.catalog.used_bytes())
+        self.fs = GemFS(self.remote, self.catalog, self.staging, quota=quota, show_meta=show_meta)
+        self.mountpoint = os.path.realpath(tmp / "mnt")
+        os.makedirs(self.mountpoint, exist_ok=True)
+        self.fs.mountpoint = self.mountpoint
+        self._saved_context: list[tuple[Any, str, Any]] = []
+        context = lambda: (os.getuid(), os.getgid(), os.getpid())  # noqa: E731
+        for module in (fs_module,):
+            if hasattr(module, "fuse_get_context"):
+                self._saved_context.append((module, "fuse_get_context", module.fuse_get_context))
+                module.fuse_get_context = context
+
+    def shutdown(self) -> None:
+        """Undo the patch and drop the staging directory (the files in it die with it)."""
+        for module, name, value in reversed(self._saved_context):
+            setattr(module, name, value)
+        self._saved_context.clear()
+        self.staging.close()
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- raw calls ------------------------------------------------------------------------------
+
+    def call(self, op: str, *args: Any) -> Any:
+        """`fs.<op>(*args)`; raises OSError (mfusepy's FuseOSError) with the kernel's errno."""
+        return getattr(self.fs, op)(*args)
+
+    def err(self, op: str, *args: Any) -> int:
+        """The errno `fs.<op>(*args)` gives the kernel, 0 on success."""
+        return errno_of(lambda: self.call(op, *args))
+
+    @contextlib.contextmanager
+    def holding(self, path: str):
+        """While inside, this process holds a descriptor whose /proc/self/fd link is the mount's
+        `path`, as the kernel would show a descriptor open on the mount (the stand-in file lives
+        in the otherwise empty directory that `fs.mountpoint` names)."""
+        shadow = os.path.join(self.mountpoint, path.lstrip("/"))
+        os.makedirs(os.path.dirname(shadow), exist_ok=True)
+        fd = os.open(shadow, os.O_RDONLY | os.O_CREAT, 0o600)
+        try:
+            yield
+        finally:
+            os.close(fd)
+            os.unlink(shadow)
+
+    def unmount(self) -> None:
+        """What mount.py does once libfuse has stopped taking requests."""
+        self.fs.drain()
+        self.fs.upload_held()
+
+    def relist(self) -> None:
+        """A fresh `files.list` snapshot, fetched now in this thread (as a TTL expiry would)."""
+        self.catalog.refresh_now()
+
+    # -- what a process does, op by op as the kernel sends them ---------------------------------
+
+    def exists(self, path: str) -> bool:
+        return self.err("getattr", path) == 0
+
+    def open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+        """open(2): CREATE when the lookup finds nothing and O_CREAT is set, else OPEN with the
+        flags (libfuse3 sets atomic_o_trunc, so O_TRUNC arrives in OPEN). Raises OSError."""
+        if flags & os.O_CREAT and not self.exists(path):
+            return self.call("create", path, stat.S_IFREG | mode, flags)
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        return self.call("open", path, flags & ~(os.O_CREAT | os.O_EXCL))
+
+    def write(self, fh: int, data: bytes, offset: int = 0, path: str | None = None) -> int:
+        """Write `data` at `offset` in cp's 128 KiB pieces; returns the bytes written."""
+        done = 0
+        while done < len(data):
+            done += self.call("write", path, data[done:done + CP_CHUNK], offset + done, fh)
+        return done
+
+    def read(self, fh: int, size: int = 1 << 30, offset: int = 0, path: str | None = None) -> bytes:
+        out, pos = [], offset
+        while pos - offset < size:
+            piece = self.call("read", path, min(CP_CHUNK, size - (pos - offset)), pos, fh)
+            if not piece:
+                break
+            out.append(piece)
+            pos += len(piece)
+        return b"".join(out)
+
+    def flush(self, path: str | None, fh: int) -> int:
+        return self.err("flush", path, fh)
+
+    def fsync(self, path: str | None, fh: int) -> int:
+        return self.err("fsync", path, 0, fh)
+
+    def release(self, path: str | None, fh: int) -> None:
+        """RELEASE: the kernel ignores its result, and so do tests."""
+        self.err("release", path, fh)
+
+    def close(self, path: str | None, fh: int) -> int:
+        """close(2) of the last descriptor: FLUSH (its errno is close's) then RELEASE."""
+        result = self.flush(path, fh)
+        self.release(path, fh)
+        return result
+
+    def write_file(self, path: str, data: bytes, flags: int = WRITE_FLAGS) -> int:
+        """`cp`'s syscalls (or `>>`'s, with O_APPEND): open, write in pieces, close. 0, or the
+        first errno the process saw (a failed write still closes, as cp does)."""
+        try:
+            fh = self.open(path, flags)
+        except OSError as e:
+            return e.errno
+        try:
+            # O_APPEND: the kernel writes at the end it knows, the size from getattr.
+            offset = self.call("getattr", path, fh)["st_size"] if flags & os.O_APPEND else 0
+            self.write(fh, data, offset, path)
+        except OSError as e:
+            self.close(path, fh)
+            return e.errno
+        return self.close(path, fh)
+
+    def read_file(self, path: str) -> bytes:
+        """`cat`: open O_RDONLY, read to the end, close. Raises OSError."""
+        fh = self.open(path, os.O_RDONLY)
+        try:
+            return self.read(fh, path=path)
+        finally:
+            self.close(path, fh)
+
+    def stat(self, path: str) -> dict:
+        """The attributes `stat` sees. Raises OSError."""
+        return self.call("getattr", path, None)
+
+    def ls(self, path: str = "/") -> dict[str, dict]:
+        """`ls -l`: opendir, one READDIRPLUS, releasedir; name -> attributes. Entries the
+        listing gives without attributes (sidecars) are looked up, as the kernel does."""
+        fh = self.call("opendir", path)
+        try:
+            entries = self.call("readdir_plus", path, fh, 0)
+        finally:
+            self.call("releasedir", path, fh)
+        out = {}
+        for name, attrs in entries:
+            if name in (".", ".."):
+                continue
+            out[name] = attrs if attrs is not None else self.stat(join(path, name))
+        return out
+
+    def rm(self, path: str) -> int:
+        return self.err("unlink", path)
+
+    def mv(self, old: str, new: str) -> int:
+        return self.err("rename", old, new)
+
+    def mkdir(self, path: str) -> int:
+        return self.err("mkdir", path, 0o755)
+
+    def rmdir(self, path: str) -> int:
+        return self.err("rmdir", path)
+
+
+def join(folder: str, name: str) -> str:
+    return folder.rstrip("/") + "/" + name
+
+
+def errno_of(fn: Callable[[], Any]) -> int:
+    try:
+        fn()
+    except OSError as e:
+        return e.errno
+    return 0

@@ -1,0 +1,255 @@
+"""The contract issues 9 and 10 ask of fs.py and that is not built yet, as strict xfails.
+
+Each test is the spec the integrator codes against: exact errnos and exact request counts. When a
+behaviour lands its test starts to pass, the strict xfail turns that into a failure, and the
+marker comes off. Every reason names the issue and its item.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from tests.fs.driver import Driver
+
+
+def xfail(reason: str):
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+def mode(attrs: dict) -> int:
+    return stat.S_IMODE(attrs["st_mode"])
+
+
+def theirs(drv: Driver, name: str = "theirs.txt", data: bytes = b"0123456789"):
+    """A File uploaded by another client: gemfs has none of its bytes."""
+    record = drv.remote.add_file(name, data, mime_type="text/plain")
+    drv.relist()
+    return record
+
+
+# -- issue 9 item 1: read your own writes ------------------------------------------------------------
+
+
+@xfail("issue 9 item 1: a File this mount uploaded is readable (0644) from the local cache")
+def test_read_your_own_writes(drv: Driver):
+    assert drv.write_file("/a.txt", b"hello") == 0
+    assert mode(drv.stat("/a.txt")) == 0o644
+    assert drv.read_file("/a.txt") == b"hello"
+    drv.relist()
+    assert mode(drv.ls("/")["a.txt"]) == 0o644
+    assert drv.read_file("/a.txt") == b"hello"
+    assert drv.remote.count("download") == 0  # uploaded bytes are never downloaded
+
+
+# -- issue 9 item 2: own Files behave like files; any File opens for writing -------------------------
+
+
+@xfail("issue 9 item 2: opening any File O_WRONLY without O_TRUNC succeeds (GIO checks so)")
+def test_open_wronly_without_trunc_then_close_uploads_nothing(drv: Driver):
+    record = theirs(drv)
+    fh = drv.open("/theirs.txt", os.O_WRONLY)
+    assert drv.close("/theirs.txt", fh) == 0
+    assert (drv.remote.count("upload"), drv.remote.count("delete")) == (0, 0)
+    assert [s.record.id for s in drv.remote.named("theirs.txt")] == [record.id]
+
+
+@xfail("issue 9 item 2: a write that needs old bytes gemfs lacks fails with EPERM at the write")
+def test_write_needing_old_bytes_is_eperm_at_the_write(drv: Driver):
+    theirs(drv)
+    fh = drv.open("/theirs.txt", os.O_WRONLY)
+    assert drv.err("write", "/theirs.txt", b"X", 0, fh) == errno.EPERM  # bytes 1..9 would be needed
+    drv.close("/theirs.txt", fh)
+    fh = drv.open("/theirs.txt", os.O_WRONLY | os.O_APPEND)
+    assert drv.err("write", "/theirs.txt", b"X", 10, fh) == errno.EPERM  # bytes 0..9 would be needed
+    drv.close("/theirs.txt", fh)
+    assert (drv.remote.count("upload"), drv.remote.count("delete")) == (0, 0)
+    assert drv.remote.data("theirs.txt") == b"0123456789"
+
+
+@xfail("issue 9 item 2: only a write that needs old bytes fails; after ftruncate(0) none does")
+def test_ftruncate_to_zero_then_write_replaces_a_file_without_its_bytes(drv: Driver):
+    record = theirs(drv)
+    fh = drv.open("/theirs.txt", os.O_WRONLY)
+    assert drv.err("truncate", "/theirs.txt", 0, fh) == 0
+    assert drv.write(fh, b"new", 0, "/theirs.txt") == 3
+    assert drv.close("/theirs.txt", fh) == 0
+    assert drv.remote.data("theirs.txt") == b"new"
+    assert drv.remote.count("upload") == 1
+    assert [r.target for r in drv.remote.ops("delete")] == [record.id]
+
+
+@xfail("issue 9 item 2: `>>` on a File this mount uploaded appends (copy-on-write into staging)")
+def test_append_to_an_own_file(drv: Driver):
+    assert drv.write_file("/log.txt", b"one\n") == 0
+    old_id = drv.remote.named("log.txt")[0].record.id
+    mark = drv.remote.mark()
+    fh = drv.open("/log.txt", os.O_WRONLY | os.O_APPEND)
+    assert drv.write(fh, b"two\n", 4, "/log.txt") == 4
+    assert drv.close("/log.txt", fh) == 0
+    assert [(r.op, r.target) for r in drv.remote.since(mark)] == [("upload", "log.txt"), ("delete", old_id)]
+    assert drv.remote.data("log.txt") == b"one\ntwo\n"
+
+
+@xfail("issue 9 item 2: mv of an own File = one upload under the new name, then the old deleted")
+def test_rename_of_an_own_file(drv: Driver):
+    assert drv.write_file("/a.txt", b"bytes") == 0
+    old_id = drv.remote.named("a.txt")[0].record.id
+    mark = drv.remote.mark()
+    assert drv.mv("/a.txt", "/b.txt") == 0
+    assert [(r.op, r.target) for r in drv.remote.since(mark)] == [("upload", "b.txt"), ("delete", old_id)]
+    assert drv.remote.named("a.txt") == []
+    assert drv.remote.data("b.txt") == b"bytes"
+    assert set(drv.ls("/")) == {"b.txt"}
+
+
+@xfail("issue 9 item 2: mv of an own File over another retires both old Files, uploads once")
+def test_rename_of_an_own_file_over_another(drv: Driver):
+    assert drv.write_file("/a.txt", b"aaa") == 0
+    assert drv.write_file("/b.txt", b"bbbb") == 0
+    ids = {s.record.display_name: s.record.id for s in drv.remote.live()}
+    mark = drv.remote.mark()
+    assert drv.mv("/a.txt", "/b.txt") == 0
+    done = drv.remote.since(mark)
+    assert [(r.op, r.target) for r in done[:1]] == [("upload", "b.txt")]
+    assert sorted(r.target for r in done[1:] if r.op == "delete") == sorted(ids.values())
+    assert len(done) == 3
+    assert drv.remote.data("b.txt") == b"aaa"
+    assert set(drv.ls("/")) == {"b.txt"}
+
+
+# -- issue 10 item 3: fsync is a durability point ----------------------------------------------------------
+
+
+@xfail("issue 10 item 3: fsync uploads even while the process keeps its descriptor open")
+def test_fsync_uploads_while_the_fd_stays_open_and_close_replaces_it(drv: Driver):
+    fh = drv.open("/a.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    drv.write(fh, b"one")
+    with drv.holding("/a.txt"):  # the process still holds the descriptor it fsyncs
+        assert drv.fsync("/a.txt", fh) == 0
+        assert drv.remote.data("a.txt") == b"one"  # durable: a File on the server
+        drv.write(fh, b"two", 3)
+    assert drv.close("/a.txt", fh) == 0
+    assert drv.remote.data("a.txt") == b"onetwo"  # exactly one File, the last bytes
+    assert drv.remote.count("upload") == 2
+    assert drv.remote.count("delete") == 1  # the fsync's File, retired
+
+
+# -- issue 10 item 1: a lost answer leaves no second File ----------------------------------------------------
+
+
+@xfail("issue 10 item 1: a lost upload answer after the server made the File leaves no second File")
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "overwrite"])
+def test_lost_upload_answer_does_not_leave_two_files(drv: Driver, existing: bool):
+    if existing:
+        assert drv.write_file("/a.txt", b"old") == 0
+    drv.remote.fail_next("upload", errno.EIO, after=True)
+    result = drv.write_file("/a.txt", b"new bytes")
+    assert result in (0, errno.EIO)
+    if result:
+        assert drv.write_file("/a.txt", b"new bytes") == 0  # cp again
+    assert len(drv.remote.named("a.txt")) == 1
+    assert drv.remote.data("a.txt") == b"new bytes"
+    assert set(drv.ls("/")) == {"a.txt"}
+    drv.relist()
+    assert set(drv.ls("/")) == {"a.txt"}  # no orphan shown as a~<id>.txt
+    assert drv.ls("/")["a.txt"]["st_size"] == 9
+
+
+@xfail("issue 10 (never duplicate): an overwrite whose retire of the old File fails shows the new "
+       "bytes under NAME, not the old File as NAME and the new one as NAME~id")
+def test_failed_retire_does_not_hide_the_new_bytes(drv: Driver):
+    assert drv.write_file("/a.txt", b"old") == 0
+    drv.remote.fail_next("delete", errno.EIO)
+    drv.write_file("/a.txt", b"newer")
+    assert set(drv.ls("/")) == {"a.txt"}
+    assert drv.ls("/")["a.txt"]["st_size"] == 5
+
+
+# -- issue 9 item 7: a file unlinked while open ------------------------------------------------------------
+
+
+@xfail("issue 9 item 7: a file unlinked while open is read, written, truncated and fstat'ed "
+       "through its handle (libfuse passes no path) and is never uploaded")
+def test_file_unlinked_while_open_works_through_its_handle(drv: Driver):
+    fh = drv.open("/tmpfile", os.O_RDWR | os.O_CREAT | os.O_EXCL)  # tempfile.TemporaryFile
+    assert drv.rm("/tmpfile") == 0
+    assert drv.write(fh, b"abcdef", 0, None) == 6
+    assert drv.read(fh, 100, 0, None) == b"abcdef"
+    assert drv.err("truncate", None, 2, fh) == 0
+    assert drv.call("getattr", None, fh)["st_size"] == 2
+    assert drv.read(fh, 100, 0, None) == b"ab"
+    assert drv.close(None, fh) == 0
+    assert drv.remote.count("upload") == 0
+    assert drv.remote.live() == []
+    assert drv.ls("/") == {}
+
+
+# -- issue 9 item 6: mtimes that tools set are kept ----------------------------------------------------------
+
+
+T = 1_600_000_000_123_456_789  # 2020-09-13, in ns (mfusepy's use_ns)
+
+
+@xfail("issue 9 item 6: utimens on an uploaded File is kept per File id and returned by getattr")
+def test_utimens_of_an_uploaded_file_is_kept(drv: Driver):
+    assert drv.write_file("/a.txt", b"x") == 0
+    assert drv.err("utimens", "/a.txt", (T, T)) == 0
+    assert drv.stat("/a.txt")["st_mtime"] == T
+    drv.relist()
+    assert drv.ls("/")["a.txt"]["st_mtime"] == T
+
+
+@xfail("issue 9 item 6: rsync's utimens on its temp file survives the rename's upload")
+def test_rsync_mtime_survives_the_upload(drv: Driver):
+    temp = "/.b.txt.Qw12Er"
+    assert drv.write_file(temp, b"synced") == 0
+    assert drv.err("utimens", temp, (T, T)) == 0
+    assert drv.mv(temp, "/b.txt") == 0
+    assert drv.remote.count("upload") == 1
+    assert drv.stat("/b.txt")["st_mtime"] == T  # rsync's quick check: size and mtime match
+    drv.relist()
+    assert drv.stat("/b.txt")["st_mtime"] == T
+
+
+# -- issue 9 item 4: no trash in the mount ----------------------------------------------------------------------
+
+
+@xfail("issue 9 item 4: mkdir of .Trash / .Trash-UID at the root is refused (EPERM, as ln and "
+       "mknod), so GIO falls back to 'delete permanently?'")
+@pytest.mark.parametrize("name", [".Trash", ".Trash-0", ".Trash-1000"])
+def test_mkdir_of_a_trash_directory_at_the_root_is_refused(drv: Driver, name: str):
+    assert drv.mkdir("/" + name) == errno.EPERM
+    assert name not in drv.ls("/")
+    assert drv.mkdir("/d") == 0
+    assert drv.mkdir("/d/" + name) == 0  # only the root's trash is GIO's
+    assert drv.remote.requests[1:] == []  # nothing but the mount's first listing
+
+
+# -- issue 10 item 4 and issue 9 items 2 and 3: what is held, what stays local --------------------------------
+
+
+@xfail("issue 10 item 4, issue 9 item 2: an ordinary name is never held; close uploads it")
+@pytest.mark.parametrize("name", [".bashrc.backup", "movie.swf", ".config.sample"])
+def test_ordinary_names_are_uploaded_at_close(drv: Driver, name: str):
+    assert drv.write_file("/" + name, b"content") == 0
+    assert [u.target for u in drv.remote.ops("upload")] == [name]
+    assert drv.remote.data(name) == b"content"
+
+
+@xfail("issue 9 item 3: lock and swap files are visible on this mount and never uploaded, "
+       "not even at unmount")
+@pytest.mark.parametrize("name", [".x.txt.swp", ".~lock.x.odt#"])
+def test_lock_and_swap_files_stay_local(drv: Driver, name: str):
+    path = "/" + name
+    assert drv.write_file(path, b"lock") == 0
+    assert drv.ls("/")[name]["st_size"] == 4
+    fh = drv.open(path, os.O_RDWR)  # editors rewrite them in place
+    assert drv.write(fh, b"LOCK!", 0, path) == 5
+    assert drv.read(fh, 10, 0, path) == b"LOCK!"
+    assert drv.close(path, fh) == 0
+    drv.unmount()
+    assert drv.remote.requests[1:] == []  # no upload, no delete: only the mount's first listing
