@@ -64,7 +64,17 @@ class Driver:
         for module, name, value in reversed(self._saved_context):
             setattr(module, name, value)
         self._saved_context.clear()
-        self.staging.close()
+        if self.staging is not None:  # not after crash()
+            self.staging.close()
+
+    def crash(self) -> None:
+        """The daemon dies here: no unmount, nothing cleaned up. Its staging directory stays on
+        disk and its flock is let go, as the kernel does for a dead process."""
+        for module, name, value in reversed(self._saved_context):
+            setattr(module, name, value)
+        self._saved_context.clear()
+        os.close(self.staging._lock_fd)
+        self.staging = None  # type: ignore[assignment]
 
     def __enter__(self) -> "Driver":
         return self

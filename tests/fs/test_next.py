@@ -294,6 +294,22 @@ def test_ordinary_names_are_uploaded_at_close(drv: Driver, name: str):
     assert drv.remote.data(name) == b"content"
 
 
+@xfail("issue 10 item 4: a held file survives a daemon crash and the next mount of the project "
+       "uploads it (at the latest when it unmounts)")
+def test_held_file_survives_a_crash(tmp_path):
+    first = Driver(tmp_path / "mount")
+    remote = first.remote
+    try:
+        assert first.write_file("/.a.txt.Xy12Z9", b"closed with 0") == 0
+        assert remote.count("upload") == 0  # held
+    finally:
+        first.crash()
+    with Driver(tmp_path / "mount", remote=remote) as second:  # same staging root, same project
+        second.unmount()
+    assert remote.data(".a.txt.Xy12Z9") == b"closed with 0"
+    assert remote.count("upload") == 1
+
+
 @xfail("issue 9 item 3: lock and swap files are visible on this mount and never uploaded, "
        "not even at unmount")
 @pytest.mark.parametrize("name", [".x.txt.swp", ".~lock.x.odt#"])
