@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,8 +51,9 @@ class Driver:
         self.mountpoint = os.path.realpath(tmp / "mnt")
         os.makedirs(self.mountpoint, exist_ok=True)
         self.fs.mountpoint = self.mountpoint
+        self.pid = os.getpid()  # the caller FUSE names; a test may set another (a dying process)
         self._saved_context: list[tuple[Any, str, Any]] = []
-        context = lambda: (os.getuid(), os.getgid(), os.getpid())  # noqa: E731
+        context = lambda: (os.getuid(), os.getgid(), self.pid)  # noqa: E731
         for module in (fs_module,):
             if hasattr(module, "fuse_get_context"):
                 self._saved_context.append((module, "fuse_get_context", module.fuse_get_context))
@@ -62,7 +64,17 @@ class Driver:
         for module, name, value in reversed(self._saved_context):
             setattr(module, name, value)
         self._saved_context.clear()
-        self.staging.close()
+        if self.staging is not None:  # not after crash()
+            self.staging.close()
+
+    def crash(self) -> None:
+        """The daemon dies here: no unmount, nothing cleaned up. Its staging directory stays on
+        disk and its flock is let go, as the kernel does for a dead process."""
+        for module, name, value in reversed(self._saved_context):
+            setattr(module, name, value)
+        self._saved_context.clear()
+        os.close(self.staging._lock_fd)
+        self.staging = None  # type: ignore[assignment]
 
     def __enter__(self) -> "Driver":
         return self
@@ -204,6 +216,21 @@ class Driver:
 
     def rmdir(self, path: str) -> int:
         return self.err("rmdir", path)
+
+
+@contextlib.contextmanager
+def ended_process(sig: int | None = None):
+    """The pid of a child that has ended, killed by `sig` (or exited 0 when None), and is not
+    reaped yet: its /proc/PID/stat carries how it ended, as that of a task still closing its
+    descriptors on the way out does. Set `Driver.pid` to it to make it the closing process."""
+    proc = subprocess.Popen(["sleep", "600"] if sig else ["true"])
+    if sig:
+        proc.send_signal(sig)
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+    try:
+        yield proc.pid
+    finally:
+        proc.wait()
 
 
 def join(folder: str, name: str) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 
 import pytest
 
-from tests.fs.driver import Driver
+from tests.fs.driver import Driver, ended_process
 
 
 def xfail(reason: str):
@@ -138,6 +139,59 @@ def test_fsync_uploads_while_the_fd_stays_open_and_close_replaces_it(drv: Driver
     assert drv.remote.count("delete") == 1  # the fsync's File, retired
 
 
+# -- issue 10 item 5: a killed writer publishes nothing ------------------------------------------------------
+
+
+@xfail("issue 10 item 5: a close made by a process dying of a signal does not upload; the "
+       "File it would replace stays")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["TERM", "INT", "KILL"])
+def test_writer_killed_by_a_signal_publishes_nothing(drv: Driver, sig: int):
+    assert drv.write_file("/a.bin", b"the whole old file") == 0
+    old_id = drv.remote.named("a.bin")[0].record.id
+    fh = drv.open("/a.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    drv.write(fh, b"half")  # cp killed half-way
+    with ended_process(sig) as pid:
+        drv.pid = pid
+        drv.close("/a.bin", fh)  # the kernel closes a dying task's descriptors; nobody reads the errno
+    assert drv.remote.count("upload") == 1  # the first write_file only
+    assert drv.remote.count("delete") == 0
+    assert [s.record.id for s in drv.remote.named("a.bin")] == [old_id]
+    assert drv.stat("/a.bin")["st_size"] == len(b"the whole old file")
+
+
+# -- issue 10 item 6: renameat2 flags ---------------------------------------------------------------------------
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+@xfail("issue 10 item 6: RENAME_EXCHANGE and RENAME_WHITEOUT are refused with EINVAL (rename takes "
+       "the flags as a third argument); nothing is deleted or uploaded")
+@pytest.mark.parametrize("flag", [RENAME_EXCHANGE, RENAME_WHITEOUT], ids=["EXCHANGE", "WHITEOUT"])
+def test_rename_exchange_and_whiteout_are_einval(drv: Driver, flag: int):
+    assert drv.write_file("/a.txt", b"aaa") == 0
+    assert drv.write_file("/.b.txt.Xy12Z9", b"held") == 0  # a file rename would upload
+    mark = drv.remote.mark()
+    assert drv.err("rename", "/.b.txt.Xy12Z9", "/a.txt", flag) == errno.EINVAL
+    assert drv.remote.since(mark) == []
+    assert drv.remote.data("a.txt") == b"aaa"
+    assert drv.stat("/.b.txt.Xy12Z9")["st_size"] == 4
+
+
+@xfail("issue 10 item 6: RENAME_NOREPLACE onto an existing name is honoured (EEXIST) or refused "
+       "(EINVAL); onto a free name it renames")
+def test_rename_noreplace(drv: Driver):
+    assert drv.write_file("/a.txt", b"aaa") == 0
+    assert drv.write_file("/.b.txt.Xy12Z9", b"held") == 0
+    mark = drv.remote.mark()
+    assert drv.err("rename", "/.b.txt.Xy12Z9", "/a.txt", RENAME_NOREPLACE) in (errno.EEXIST, errno.EINVAL)
+    assert drv.remote.since(mark) == []
+    assert drv.remote.data("a.txt") == b"aaa"
+    result = drv.err("rename", "/.b.txt.Xy12Z9", "/b.txt", RENAME_NOREPLACE)
+    assert result in (0, errno.EINVAL)
+    if result == 0:
+        assert drv.remote.data("b.txt") == b"held"
+
+
 # -- issue 10 item 1: a lost answer leaves no second File ----------------------------------------------------
 
 
@@ -238,6 +292,22 @@ def test_ordinary_names_are_uploaded_at_close(drv: Driver, name: str):
     assert drv.write_file("/" + name, b"content") == 0
     assert [u.target for u in drv.remote.ops("upload")] == [name]
     assert drv.remote.data(name) == b"content"
+
+
+@xfail("issue 10 item 4: a held file survives a daemon crash and the next mount of the project "
+       "uploads it (at the latest when it unmounts)")
+def test_held_file_survives_a_crash(tmp_path):
+    first = Driver(tmp_path / "mount")
+    remote = first.remote
+    try:
+        assert first.write_file("/.a.txt.Xy12Z9", b"closed with 0") == 0
+        assert remote.count("upload") == 0  # held
+    finally:
+        first.crash()
+    with Driver(tmp_path / "mount", remote=remote) as second:  # same staging root, same project
+        second.unmount()
+    assert remote.data(".a.txt.Xy12Z9") == b"closed with 0"
+    assert remote.count("upload") == 1
 
 
 @xfail("issue 9 item 3: lock and swap files are visible on this mount and never uploaded, "

@@ -17,7 +17,7 @@ import pytest
 
 from gemfs import sidecar
 from gemfs.errors import GemfsError
-from tests.fs.driver import Driver
+from tests.fs.driver import Driver, ended_process
 from tests.fs.fake import FILE_TTL
 
 PDF = b"%PDF-1.7\n" + b"x" * 100
@@ -180,6 +180,16 @@ def test_flush_while_the_caller_holds_another_descriptor_does_not_upload(drv: Dr
     assert drv.close("/loop.txt", fh) == 0
     assert drv.remote.count("upload") == 1
     assert drv.remote.data("loop.txt") == b"line\n"
+
+
+def test_close_by_a_process_that_exits_normally_uploads(drv: Driver):
+    """A process that exits without closing: the kernel closes its descriptors on the way out."""
+    fh = drv.open("/a.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    drv.write(fh, b"all of it")
+    with ended_process(None) as pid:
+        drv.pid = pid
+        assert drv.close("/a.txt", fh) == 0
+    assert drv.remote.data("a.txt") == b"all of it"
 
 
 def test_fsync_uploads_new_bytes_once(drv: Driver):
