@@ -20,6 +20,7 @@ from typing import Callable
 
 from gemfs.errors import ApiFailure, GemfsError
 from gemfs.model import FileRecord
+from gemfs.upload import UploadResult
 from gemfs.server import wire
 
 GiB = 1024**3
@@ -191,6 +192,15 @@ class FakeRemote:
             record = self._new_record(display_name, mime_type, data, generated=False)
             self._end(request, fault)
             return record
+
+    def upload_verified(self, fd: int, size: int, display_name: str, mime_type: str,
+                        progress: Callable[[int], None] | None = None) -> UploadResult:
+        """`upload`, with what gemfs's uploader reports besides: the SHA-256 of the bytes sent
+        (checked against the File's sha256Hash there; here the fake's record is made from them)."""
+        record = self.upload(fd, size, display_name, mime_type, progress)
+        with self._lock:
+            data = self._live(record.id).data
+        return UploadResult(record, hashlib.sha256(data).hexdigest(), 0, 1)
 
     def download(self, file_id: str, destination: str) -> None:
         with self._lock:
