@@ -112,8 +112,10 @@ class Pending:
     handles: int = 0  # mount lock: open file handles
     dirty: bool = True  # file lock: bytes not uploaded yet
     error: int | None = None  # file lock: a write failed; close reports it, nothing goes up
-    # file lock: opened for writing without O_TRUNC over a File whose bytes are not here: a
-    # write that needs the old bytes is refused until the file is truncated to 0.
+    # file lock: opened for writing without O_TRUNC over a File (`uploaded`) whose bytes are not
+    # in the staged file yet: they are copied in from the cache at the first write or truncate
+    # that needs them (an open only to check, as GIO's, copies nothing); without them in the
+    # cache, such a write is refused until the file is truncated to 0.
     base_missing: bool = False
     uploaded: FileRecord | None = None  # file lock: the File that holds its bytes now
     digest: str | None = None  # file lock: SHA-256 (hex) of the uploaded bytes
@@ -610,26 +612,18 @@ class GemFS(Operations):
         return "upload"
 
     def _start_pending(self, parts: Path, replaces: FileRecord | None, *,
-                       base: FileRecord | None = None, copy_from: int = -1) -> int:
-        """A new staged file at `parts`, opened once; returns its handle.
-
-        `base` is the File an open without O_TRUNC works on: with `copy_from` (a descriptor on
-        its cached bytes) they are copied in, else the file starts without them."""
+                       base: FileRecord | None = None) -> int:
+        """A new staged file at `parts`, opened once; returns its handle. `base` is the File an
+        open without O_TRUNC works on: its bytes come in when a write needs them."""
         self._check_writable()
         kind = self._kind_of(parts[-1], _caller())
         staged = self.staging.new_file()
-        try:
-            if copy_from >= 0 and base is not None:
-                staged.copy_from(copy_from, base.size)
-        except BaseException:
-            staged.discard()
-            raise
         p = Pending(parts, staged, [replaces] if replaces else [], kind=kind, handles=1)
         if base is not None:
             # Nothing changed yet: closing it without a write uploads nothing.
             p.dirty = False
             p.uploaded = base
-            p.base_missing = copy_from < 0
+            p.base_missing = True
             p.mtime = self._node_attrs(FileNode(base))["st_mtime"] / 1e9
         with self._lock:
             old = self._pending.get(parts)
@@ -711,21 +705,13 @@ class GemFS(Operations):
             return self._new_handle(handle)
 
     def _open_file(self, record: FileRecord, parts: Path, flags: int, writing: bool) -> int:
-        fd = self.cache.open(record.id) if self.cache is not None and not record.generated else None
         if writing:
-            if flags & os.O_TRUNC:
-                if fd is not None:
-                    os.close(fd)
-                return self._start_pending(parts, record)
             # Without O_TRUNC: GIO opens an existing file so only to check it may, then writes a
-            # temp file and renames it over. With the bytes here, the file is copied in and
-            # edited in place; without them, only a write that needs them fails.
-            try:
-                return self._start_pending(parts, record, base=record,
-                                           copy_from=-1 if fd is None else fd)
-            finally:
-                if fd is not None:
-                    os.close(fd)
+            # temp file and renames it over; `>>` and editors saving in place edit the bytes,
+            # which come from the cache at the first write (_materialize).
+            return self._start_pending(parts, record,
+                                       base=None if flags & os.O_TRUNC else record)
+        fd = self._cached_fd(record)
         attrs = self._node_attrs(FileNode(record))
         if fd is not None:
             return self._read_handle(ReadHandle(attrs, fd=fd))
@@ -750,13 +736,39 @@ class GemFS(Operations):
             obj = self._handles.get(fh)
         return isinstance(obj, ReadHandle) and obj.direct
 
+    def _cached_fd(self, record: FileRecord) -> int | None:
+        if self.cache is None or record.generated:
+            return None
+        return self.cache.open(record.id)
+
+    def _materialize(self, p: Pending) -> None:
+        """Copy the bytes of the File an open without O_TRUNC works on into its staged file
+        (caller holds p.lock), in the kernel (copy_file_range); EPERM when they are not here."""
+        if not p.base_missing:
+            return
+        fd = self._cached_fd(p.uploaded) if p.uploaded is not None else None
+        if fd is None:
+            raise GemfsError(errno.EPERM, "this File's bytes are not on this machine: truncate "
+                             "it to 0 (or open it with O_TRUNC) to replace it")
+        try:
+            p.staged.copy_from(fd, p.uploaded.size)
+        finally:
+            os.close(fd)
+        p.base_missing = False
+
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         obj = self._handle(fh)
         if isinstance(obj, ReadHandle):
             return obj.read(size, offset)
-        if obj.base_missing:
-            raise GemfsError(errno.EACCES, "uploaded Files cannot be downloaded")
+        if obj.base_missing:  # nothing written yet: the File's own bytes, if they are here
+            fd = self._cached_fd(obj.uploaded) if obj.uploaded is not None else None
+            if fd is None:
+                raise GemfsError(errno.EACCES, "uploaded Files cannot be downloaded")
+            try:
+                return os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
         return obj.staged.read(size, offset)
 
     @fuse_op
@@ -765,9 +777,7 @@ class GemFS(Operations):
         if not isinstance(obj, Pending):
             raise GemfsError(errno.EBADF)
         with obj.lock:
-            if obj.base_missing:
-                raise GemfsError(errno.EPERM, "this File's bytes are not on this machine: "
-                                 "truncate it to 0 (or open it with O_TRUNC) to replace it")
+            self._materialize(obj)
             try:
                 written = obj.staged.write(data, offset)
             except (OSError, GemfsError) as e:
@@ -789,10 +799,9 @@ class GemFS(Operations):
             if pending is None:
                 return self._truncate_file(parts, length)
         with pending.lock:
-            if pending.base_missing:
-                if length != 0:
-                    raise GemfsError(errno.EPERM, "this File's bytes are not on this machine")
-                pending.base_missing = False
+            if length == 0:
+                pending.base_missing = False  # no old byte is needed
+            self._materialize(pending)
             try:
                 pending.staged.truncate(length)
             except (OSError, GemfsError) as e:
@@ -1209,19 +1218,20 @@ class GemFS(Operations):
         """mv of a File: with its bytes here, upload them under the new name, then delete the old
         File (the API has no rename). Without them: EPERM, never EXDEV, which would make mv
         try to read it."""
-        fd = self.cache.open(record.id) if self.cache is not None else None
-        if fd is None:
+        if not self._cached(record.id):
             raise GemfsError(errno.EPERM, "the Files API cannot rename a File whose bytes are "
                              "not on this machine")
-        try:
-            fh = self._start_pending(dst, target.record if isinstance(target, FileNode) else None,
-                                     base=record, copy_from=fd)
-        finally:
-            os.close(fd)
+        fh = self._start_pending(dst, target.record if isinstance(target, FileNode) else None,
+                                 base=record)
         p = self._handle(fh)
-        with p.lock:
-            p.dirty = True
-            p.replaces.append(record)
+        try:
+            with p.lock:
+                self._materialize(p)
+                p.dirty = True
+                p.replaces.append(record)
+        except BaseException:
+            self.release(None, fh)
+            raise
         try:
             self._upload(p)
         finally:
