@@ -288,7 +288,6 @@ def test_tar_extracts_into_the_mount(mount, sdk, admin, tmp_path):
 # -- names ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: 'a\\nb' and 'a%0Ab' map to the same local name")
 def test_a_newline_and_its_escape_are_two_files(mount, sdk, tmp_path):
     put(mount, tmp_path, "a\nb", b"newline")
     put(mount, tmp_path, "a%0Ab", b"percent")
@@ -297,7 +296,6 @@ def test_a_newline_and_its_escape_are_two_files(mount, sdk, tmp_path):
     assert sorted(os.listdir(mount.path)) == sorted(["a\nb", "a%0Ab"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: a 256-byte name is staged and uploaded")
 def test_a_256_byte_name_is_refused_at_create(mount, sdk, admin, tmp_path):
     (tmp_path / "x").write_bytes(b"x")
     admin.reset_stats()
@@ -307,7 +305,6 @@ def test_a_256_byte_name_is_refused_at_create(mount, sdk, admin, tmp_path):
     assert remote_files(sdk) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: rm -r of an implicit folder exits 1")
 def test_rm_r_of_an_implicit_folder(mount, sdk, tmp_path):
     (tmp_path / "x").write_bytes(b"x")
     for name in ("d/one.txt", "d/sub/two.txt"):
