@@ -1,7 +1,6 @@
 """GIO on a real mount: the `gio` tool runs the same GLib code as pcmanfm, Thunar and Nautilus
 (copy, replace, save, trash, delete, info), so these are the file managers' cases without a
-screen (issue 9). Request counts come from the server's admin stats; cases today's code fails
-are strict xfails naming what is missing.
+screen (issue 9). Request counts come from the server's admin stats.
 """
 
 from __future__ import annotations

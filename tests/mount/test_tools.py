@@ -2,8 +2,7 @@
 shell redirects, getfattr/setfattr, unzip, tar, awkward names, swap files and renameat2 flags.
 
 Each test drives the real tool and asserts exact outcomes: exit codes, the Files on the server,
-and request counts from the server's admin stats. A case that fails on today's code is marked
-`xfail(strict=True)` with what is missing; the marker goes when the behaviour lands.
+and request counts from the server's admin stats.
 """
 
 from __future__ import annotations
