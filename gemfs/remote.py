@@ -10,7 +10,6 @@ message; the API key never is.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
@@ -88,54 +87,6 @@ def failure_from(exc: BaseException, op: str) -> ApiFailure | None:
     return None
 
 
-class StagedReader(io.RawIOBase):
-    """A seekable read-only view of a staged file's descriptor that reports upload progress."""
-
-    def __init__(self, fd: int, size: int, progress: Callable[[int], None] | None = None) -> None:
-        super().__init__()
-        self._fd, self._size, self._pos, self._progress = fd, size, 0, progress
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = max(base + offset, 0)
-        return self._pos
-
-    def read(self, size: int = -1) -> bytes:
-        # The SDK reads each 8 MiB chunk with read(); RawIOBase.read would go through readinto
-        # and copy the chunk twice more (a 1 GiB upload took ~0.5 s longer; bench/run.py).
-        # One pread is one copy, straight from the page cache.
-        left = self._size - self._pos
-        want = left if size is None or size < 0 else min(size, left)
-        if want <= 0:
-            return b""
-        data = os.pread(self._fd, want, self._pos)
-        self._advance(len(data))
-        return data
-
-    def readinto(self, buffer) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        with memoryview(buffer) as view:
-            got = os.preadv(self._fd, [view[:want]], self._pos)
-        self._advance(got)
-        return got
-
-    def _advance(self, n: int) -> None:
-        self._pos += n
-        if self._progress:
-            self._progress(self._pos)
-
-
 class Remote:
     """One project's Files API, with retries inside a deadline.
 
@@ -166,14 +117,17 @@ class Remote:
         self._clock, self._sleep = clock, sleep
         # The upload client talks to the URL and API version the SDK uses, with its headers
         # (API key, user agent); httpx.Client is thread-safe, one per Remote.
-        sdk_options = self._client._api_client._http_options
-        root = (sdk_options.base_url or self.base_url).rstrip("/")
-        version = sdk_options.api_version
+        # (The SDK's resolved options are private; without them: its defaults, and the key.)
+        sdk_options = getattr(getattr(self._client, "_api_client", None), "_http_options", None)
+        root = (getattr(sdk_options, "base_url", None) or self.base_url).rstrip("/")
+        version = getattr(sdk_options, "api_version", "v1")
         start_url = f"{root}/upload/{version}/files" if version else f"{root}/upload/files"
+        headers = dict(getattr(sdk_options, "headers", None) or {})
+        headers.setdefault("x-goog-api-key", api_key.strip())
         self._http = httpx.Client(timeout=request_timeout, transport=transport)
         self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gemfs-sha256")
         self.uploader = Uploader(
-            self._http, start_url, dict(sdk_options.headers or {}), deadline=deadline,
+            self._http, start_url, headers, deadline=deadline,
             clock=clock, sleep=sleep, hasher=self._hasher, delete=self.delete,
             on_request=self._count, chunk_size=chunk_size)
 
