@@ -337,6 +337,7 @@ class Uploader:
     def _post(self, url: str, headers: dict[str, str], body: bytes, op: str,
               label: str) -> httpx.Response:
         self._on_request()
+        log.debug("api %s (%s)", op, label)
         try:
             return self._http.post(url, headers=headers, content=body)
         except httpx.TransportError as exc:
