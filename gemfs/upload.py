@@ -137,6 +137,7 @@ class _Transfer:
     chunk: int = DEFAULT_CHUNK_SIZE
     sent_upto: int = 0  # the end of the furthest byte range ever put on the wire
     resent: int = 0
+    acked_upto: int = 0  # the furthest offset any session of this upload has confirmed
     final_offset: int | None = None  # where the finalizing chunk started, once it was sent
     sha: "hashlib._Hash" = field(default_factory=hashlib.sha256, repr=False)
     hashed_upto: int = 0
@@ -237,7 +238,8 @@ class Uploader:
             except _Gone:
                 log.info("upload %s: the session is gone; a new one starts from byte 0", t.label)
                 t.url, state = None, "start"
-                retry.wait_or_raise(ApiFailure(404, "NOT_FOUND", "upload session gone", op="upload",
+                # Code 0: a session that keeps vanishing ends as EIO, not as the 404's ENOENT.
+                retry.wait_or_raise(ApiFailure(0, "", "the upload session is gone", op="upload",
                                                retryable=True), t.label)
             except _Fault as fault:
                 retry.wait_or_raise(fault.failure, t.label)
@@ -331,8 +333,12 @@ class Uploader:
                 raise _Fault(_garbled("upload chunk", f"status {status or 'missing'}"))
             offset = int(received) if received.isdigit() and int(received) <= t.size else (
                 offset + length)
+            if offset > t.acked_upto:
+                # Only new ground restarts the deadline: a session that keeps dying after its
+                # first chunk must not retry forever.
+                t.acked_upto = offset
+                retry.progressed()
             t.report(offset)
-            retry.progressed()
 
     def _post(self, url: str, headers: dict[str, str], body: bytes, op: str,
               label: str) -> httpx.Response:
