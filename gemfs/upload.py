@@ -24,7 +24,7 @@ import logging
 import os
 import random
 import re
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -141,7 +141,10 @@ class _Transfer:
     final_offset: int | None = None  # where the finalizing chunk started, once it was sent
     sha: "hashlib._Hash" = field(default_factory=hashlib.sha256, repr=False)
     hashed_upto: int = 0
+    # The one worker task of this upload in flight (reading, and hashing, the chunk at
+    # `ahead`); only that task touches `sha` and `hashed_upto` while it runs.
     hashing: Future | None = field(default=None, repr=False)
+    ahead: tuple[int, int] | None = None
     reported: int = -1
 
     def report(self, sent: int) -> None:
@@ -207,8 +210,8 @@ class Uploader:
             file_json = self._run(t, retry)
             digest = self._finish_hash(t)
         finally:
-            if t.hashing is not None:
-                t.hashing.result()
+            if t.hashing is not None:  # a read-ahead left by a failure: let it end, quietly
+                wait([t.hashing])
         record = FileRecord.from_api(file_json)
         self._verify(t, record, digest)
         t.report(size)
@@ -307,8 +310,9 @@ class Uploader:
         while True:
             length = min(t.chunk, t.size - offset)
             last = offset + length >= t.size
-            data = _read(t.fd, offset, length)
-            self._hash(t, offset, data)
+            data = self._load(t, offset, length)
+            if not last:  # read and hash the next chunk while this one is on the wire
+                self._prefetch(t, offset + length, min(t.chunk, t.size - offset - length))
             if offset < t.sent_upto:
                 t.resent += min(length, t.sent_upto - offset)
             t.sent_upto = max(t.sent_upto, offset + length)
@@ -362,20 +366,36 @@ class Uploader:
 
     # --- the content hash -----------------------------------------------------------------
 
-    def _hash(self, t: _Transfer, offset: int, data: bytes) -> None:
-        """Hash bytes the first time they go out, in order, in a worker (hashlib lets go of the
-        GIL), so chunk k is hashed while chunk k+1 is on the wire."""
-        if offset != t.hashed_upto or not data:
-            return
-        if t.hashing is not None:
-            t.hashing.result()
-        t.hashing = self._hasher.submit(t.sha.update, data)
-        t.hashed_upto = offset + len(data)
+    def _load(self, t: _Transfer, offset: int, length: int) -> bytes:
+        """The chunk at `offset`: the prefetched one when it is that, else read (and hashed)
+        now, after any task in flight has ended."""
+        ahead, task = t.ahead, t.hashing
+        t.ahead, t.hashing = None, None
+        if task is not None:
+            data = task.result()
+            if ahead == (offset, length):
+                return data
+        return self._read_and_hash(t, offset, length)
+
+    def _prefetch(self, t: _Transfer, offset: int, length: int) -> None:
+        t.ahead = (offset, length)
+        t.hashing = self._hasher.submit(self._read_and_hash, t, offset, length)
+
+    @staticmethod
+    def _read_and_hash(t: _Transfer, offset: int, length: int) -> bytes:
+        """Read a chunk; hash it if it is the next one in order (bytes are hashed once, in
+        order, the first time they go out). Runs in a worker for the chunk after the one on
+        the wire: pread and hashlib let go of the GIL, so both overlap the network."""
+        data = _read(t.fd, offset, length)
+        if offset == t.hashed_upto and data:
+            t.sha.update(data)
+            t.hashed_upto = offset + len(data)
+        return data
 
     def _finish_hash(self, t: _Transfer) -> str:
         if t.hashing is not None:
             t.hashing.result()
-            t.hashing = None
+            t.hashing, t.ahead = None, None
         while t.hashed_upto < t.size:  # only when the File came back before all bytes were read
             piece = _read(t.fd, t.hashed_upto, min(t.chunk, t.size - t.hashed_upto))
             t.sha.update(piece)
