@@ -35,8 +35,9 @@ from gemfs.model import FileRecord
 
 log = logging.getLogger(__name__)
 
-# Chunks are this big unless the server's granularity asks for a multiple of something else: the
-# SDK's size, so a fault re-sends at most as much as the SDK's chunk loop would hold in memory.
+# Chunks are this big (the SDK's size), or the largest multiple of the server's granularity below
+# it: a fault re-sends at most one chunk, and an upload holds at most two in memory (the one on
+# the wire and the one read ahead).
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 
 _UPLOAD_ID = re.compile(r"(upload_id=)[^&\s\"'>]*", re.IGNORECASE)
@@ -112,19 +113,20 @@ class _Retry:
         now = self.clock()
         if self.end is None:
             self.end = now + self.deadline
-        wait = failure.retry_after if failure.retry_after is not None else (
+        pause = failure.retry_after if failure.retry_after is not None else (
             self.delay * (0.5 + random.random()))
-        if not failure.retryable or now + wait >= self.end:
+        if not failure.retryable or now + pause >= self.end:
             log.warning("upload %s failed after %d failure(s): %s", label, self.failures, failure)
             raise GemfsError(errno_for(failure), str(failure), failure)
-        log.debug("upload %s: %s; retrying in %.2fs", label, failure, wait)
-        self.sleep(wait)
+        log.debug("upload %s: %s; retrying in %.2fs", label, failure, pause)
+        self.sleep(pause)
         self.delay = min(self.delay * 2, 8.0)
 
 
 @dataclass
 class _Transfer:
-    """One upload's state (owned by the thread that runs it)."""
+    """One upload's state, owned by the thread that runs it (but for `sha` and `hashed_upto`,
+    which the read-ahead task alone touches while it runs)."""
 
     fd: int
     size: int
