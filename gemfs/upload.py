@@ -64,8 +64,8 @@ class _RedactUploadIds(logging.Filter):
 
 
 _filter = _RedactUploadIds()
-for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2",
-              "httpcore.proxy", "httpcore.socks"):
+for _name in ("httpx", "httpx2", *(f"{core}.{part}" for core in ("httpcore", "httpcore2")
+                                  for part in ("connection", "http11", "http2", "proxy", "socks"))):
     if _filter not in logging.getLogger(_name).filters:
         logging.getLogger(_name).addFilter(_filter)
 
