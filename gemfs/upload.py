@@ -24,7 +24,7 @@ import logging
 import os
 import random
 import re
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,8 +35,9 @@ from gemfs.model import FileRecord
 
 log = logging.getLogger(__name__)
 
-# Chunks are this big unless the server's granularity asks for a multiple of something else: the
-# SDK's size, so a fault re-sends at most as much as the SDK's chunk loop would hold in memory.
+# Chunks are this big (the SDK's size), or the largest multiple of the server's granularity below
+# it: a fault re-sends at most one chunk, and an upload holds at most two in memory (the one on
+# the wire and the one read ahead).
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 
 _UPLOAD_ID = re.compile(r"(upload_id=)[^&\s\"'>]*", re.IGNORECASE)
@@ -63,8 +64,8 @@ class _RedactUploadIds(logging.Filter):
 
 
 _filter = _RedactUploadIds()
-for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2",
-              "httpcore.proxy", "httpcore.socks"):
+for _name in ("httpx", "httpx2", *(f"{core}.{part}" for core in ("httpcore", "httpcore2")
+                                  for part in ("connection", "http11", "http2", "proxy", "socks"))):
     if _filter not in logging.getLogger(_name).filters:
         logging.getLogger(_name).addFilter(_filter)
 
@@ -112,19 +113,20 @@ class _Retry:
         now = self.clock()
         if self.end is None:
             self.end = now + self.deadline
-        wait = failure.retry_after if failure.retry_after is not None else (
+        pause = failure.retry_after if failure.retry_after is not None else (
             self.delay * (0.5 + random.random()))
-        if not failure.retryable or now + wait >= self.end:
+        if not failure.retryable or now + pause >= self.end:
             log.warning("upload %s failed after %d failure(s): %s", label, self.failures, failure)
             raise GemfsError(errno_for(failure), str(failure), failure)
-        log.debug("upload %s: %s; retrying in %.2fs", label, failure, wait)
-        self.sleep(wait)
+        log.debug("upload %s: %s; retrying in %.2fs", label, failure, pause)
+        self.sleep(pause)
         self.delay = min(self.delay * 2, 8.0)
 
 
 @dataclass
 class _Transfer:
-    """One upload's state (owned by the thread that runs it)."""
+    """One upload's state, owned by the thread that runs it (but for `sha` and `hashed_upto`,
+    which the read-ahead task alone touches while it runs)."""
 
     fd: int
     size: int
@@ -137,10 +139,14 @@ class _Transfer:
     chunk: int = DEFAULT_CHUNK_SIZE
     sent_upto: int = 0  # the end of the furthest byte range ever put on the wire
     resent: int = 0
+    acked_upto: int = 0  # the furthest offset any session of this upload has confirmed
     final_offset: int | None = None  # where the finalizing chunk started, once it was sent
     sha: "hashlib._Hash" = field(default_factory=hashlib.sha256, repr=False)
     hashed_upto: int = 0
+    # The one worker task of this upload in flight (reading, and hashing, the chunk at
+    # `ahead`); only that task touches `sha` and `hashed_upto` while it runs.
     hashing: Future | None = field(default=None, repr=False)
+    ahead: tuple[int, int] | None = None
     reported: int = -1
 
     def report(self, sent: int) -> None:
@@ -206,8 +212,8 @@ class Uploader:
             file_json = self._run(t, retry)
             digest = self._finish_hash(t)
         finally:
-            if t.hashing is not None:
-                t.hashing.result()
+            if t.hashing is not None:  # a read-ahead left by a failure: let it end, quietly
+                wait([t.hashing])
         record = FileRecord.from_api(file_json)
         self._verify(t, record, digest)
         t.report(size)
@@ -237,7 +243,8 @@ class Uploader:
             except _Gone:
                 log.info("upload %s: the session is gone; a new one starts from byte 0", t.label)
                 t.url, state = None, "start"
-                retry.wait_or_raise(ApiFailure(404, "NOT_FOUND", "upload session gone", op="upload",
+                # Code 0: a session that keeps vanishing ends as EIO, not as the 404's ENOENT.
+                retry.wait_or_raise(ApiFailure(0, "", "the upload session is gone", op="upload",
                                                retryable=True), t.label)
             except _Fault as fault:
                 retry.wait_or_raise(fault.failure, t.label)
@@ -305,8 +312,9 @@ class Uploader:
         while True:
             length = min(t.chunk, t.size - offset)
             last = offset + length >= t.size
-            data = _read(t.fd, offset, length)
-            self._hash(t, offset, data)
+            data = self._load(t, offset, length)
+            if not last:  # read and hash the next chunk while this one is on the wire
+                self._prefetch(t, offset + length, min(t.chunk, t.size - offset - length))
             if offset < t.sent_upto:
                 t.resent += min(length, t.sent_upto - offset)
             t.sent_upto = max(t.sent_upto, offset + length)
@@ -331,8 +339,12 @@ class Uploader:
                 raise _Fault(_garbled("upload chunk", f"status {status or 'missing'}"))
             offset = int(received) if received.isdigit() and int(received) <= t.size else (
                 offset + length)
+            if offset > t.acked_upto:
+                # Only new ground restarts the deadline: a session that keeps dying after its
+                # first chunk must not retry forever.
+                t.acked_upto = offset
+                retry.progressed()
             t.report(offset)
-            retry.progressed()
 
     def _post(self, url: str, headers: dict[str, str], body: bytes, op: str,
               label: str) -> httpx.Response:
@@ -356,20 +368,36 @@ class Uploader:
 
     # --- the content hash -----------------------------------------------------------------
 
-    def _hash(self, t: _Transfer, offset: int, data: bytes) -> None:
-        """Hash bytes the first time they go out, in order, in a worker (hashlib lets go of the
-        GIL), so chunk k is hashed while chunk k+1 is on the wire."""
-        if offset != t.hashed_upto or not data:
-            return
-        if t.hashing is not None:
-            t.hashing.result()
-        t.hashing = self._hasher.submit(t.sha.update, data)
-        t.hashed_upto = offset + len(data)
+    def _load(self, t: _Transfer, offset: int, length: int) -> bytes:
+        """The chunk at `offset`: the prefetched one when it is that, else read (and hashed)
+        now, after any task in flight has ended."""
+        ahead, task = t.ahead, t.hashing
+        t.ahead, t.hashing = None, None
+        if task is not None:
+            data = task.result()
+            if ahead == (offset, length):
+                return data
+        return self._read_and_hash(t, offset, length)
+
+    def _prefetch(self, t: _Transfer, offset: int, length: int) -> None:
+        t.ahead = (offset, length)
+        t.hashing = self._hasher.submit(self._read_and_hash, t, offset, length)
+
+    @staticmethod
+    def _read_and_hash(t: _Transfer, offset: int, length: int) -> bytes:
+        """Read a chunk; hash it if it is the next one in order (bytes are hashed once, in
+        order, the first time they go out). Runs in a worker for the chunk after the one on
+        the wire: pread and hashlib let go of the GIL, so both overlap the network."""
+        data = _read(t.fd, offset, length)
+        if offset == t.hashed_upto and data:
+            t.sha.update(data)
+            t.hashed_upto = offset + len(data)
+        return data
 
     def _finish_hash(self, t: _Transfer) -> str:
         if t.hashing is not None:
             t.hashing.result()
-            t.hashing = None
+            t.hashing, t.ahead = None, None
         while t.hashed_upto < t.size:  # only when the File came back before all bytes were read
             piece = _read(t.fd, t.hashed_upto, min(t.chunk, t.size - t.hashed_upto))
             t.sha.update(piece)

@@ -296,6 +296,21 @@ def test_a_session_that_is_gone_starts_a_new_one_from_byte_0(remote, faults, sta
     assert result.record.api["sha256Hash"] == b64_hex(data)
 
 
+def test_a_session_that_keeps_vanishing_ends_with_eio_at_the_deadline(remote, faults, fake_time,
+                                                                       staged):
+    """Each session takes its first chunk, then is gone: the re-sent first chunk is no new
+    ground, so the deadline is not restarted by it and the upload ends."""
+    faults.rules.append(Rule(is_chunk(1), "before", times=-1))
+    faults.rules.append(Rule(lambda c, o: c == "query", "before", times=-1, replace=error_answer(
+        404, "NOT_FOUND", "The upload session does not exist or has expired.")))
+    fd, data = staged()
+    with pytest.raises(GemfsError) as info:
+        remote.upload(fd, len(data), "vanishing.bin", "text/plain")
+    assert info.value.errno == errno.EIO
+    assert faults.count("start") >= 3 and sum(fake_time.sleeps) < remote.deadline
+    assert files_named(remote, "vanishing.bin") == []
+
+
 @pytest.mark.parametrize("where", [is_start, is_finalize])
 def test_the_real_storage_quota_answer_is_edquot_at_once(remote, faults, fake_time, staged,
                                                          where):
