@@ -180,7 +180,6 @@ def test_paste_into_the_mount(desktop):
     assert sorted(remote_files(desktop.sdk)) == ["paste.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: GIO opens the File O_WRONLY without O_TRUNC: EPERM")
 def test_paste_over_an_existing_file(desktop):
     if not desktop.remote("paste.txt"):
         desktop.mount.sh(f"cp {desktop.src / 'paste.txt'} paste.txt")
@@ -217,7 +216,6 @@ def test_delete_key_offers_to_delete_permanently(desktop):
     assert os.listdir(desktop.mount.path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: uploaded bytes are not kept, so opening is EACCES")
 def test_open_a_file_just_copied_in(desktop):
     for name in os.listdir(desktop.mount.path):
         os.unlink(desktop.mount.path / name)
