@@ -1,12 +1,16 @@
-"""Faults between the mount and the server (issue 5, part 1), injected by the server's test-only
+"""Faults between the mount and the server (issues 5 and 10), injected by the server's test-only
 admin API: 503, 429, connection resets and garbage bodies on each upload step, on list and on
-delete; stalls; a server restart in the middle of an upload.
+delete, each both ways: *before* the handler (instead of it: the server did nothing) and *after*
+it (the server did the work and the answer was lost); stalls; a server restart mid-upload; a full
+project.
 
 The guarantee under every fault: `cp` either exits 0 and the File is listed whole (sha256
-checked through the SDK), or `cp` exits non-zero within a bounded time (one failing attempt, the
-retry deadline, one last attempt) and nothing is listed, neither during nor after. `ls` keeps
-answering from the last snapshot while listing fails. Every case records its faults and outcome
-in the suite's TALLY.
+checked through the SDK) exactly once, or `cp` exits non-zero within a bounded time (one failing
+attempt, the retry deadline, one last attempt) and nothing is listed, neither during nor after.
+An upload sends at most one chunk again per fault before the handler, and nothing again when the
+server had the bytes (counted by the server). `ls` keeps answering from the last snapshot while
+listing fails. Every case records its faults, outcome, duplicates and bytes re-sent in the
+suite's TALLY.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from tests.reliability.conftest import (
     KEY,
     MiB,
     Mount,
-    SDK_CHUNK_RETRY_SECONDS,
+    ServerProcess,
     TALLY,
     faults_hit,
     random_bytes,
     sha_field,
     shq,
+    upload_bytes,
     verify_written,
     wait_for,
 )
@@ -57,44 +62,48 @@ ACTIONS = {  # action name -> rule fields
     "reset": {"action": "reset"},
     "garbage": {"action": "garbage"},
 }
-SDK_ABSORBED = ("503", "429", "garbage")  # on a chunk, the SDK itself re-sends after these
+TRANSIENT_TIMES = 2  # two faults in a row: the retry after the first one meets the second
 
-
-def transient_times(op: str, action: str) -> int:
-    """Faults a transient case injects. After a 503/429/garbage chunk the SDK re-sends it itself
-    (sleeping 1 s, then 2 s): one fault takes that path in 1 s. Elsewhere two faults in a row
-    make gemfs retry twice."""
-    return 1 if op in ("upload_chunk", "upload_finalize") and action in SDK_ABSORBED else 2
-
-
-# The persistent cases kept in `make test`: every step and every action at least once. The rest
-# of the matrix costs 5-10 s a case and runs in `make test-long`.
-FAST_PERSISTENT = {
-    ("upload_start", "garbage"), ("upload_chunk", "503"), ("upload_chunk", "reset"),
-    ("upload_finalize", "reset"), ("list", "429"), ("list", "reset"),
-    ("delete", "503"), ("delete", "garbage"),
+# The cases kept in `make test`, by (when, mode): every op and every action at least once each
+# way. The rest of the matrix costs 5-10 s a case and runs in `make test-long`.
+FAST = {
+    ("before", "persistent"): {
+        ("upload_start", "garbage"), ("upload_chunk", "503"), ("upload_chunk", "reset"),
+        ("upload_finalize", "reset"), ("list", "429"), ("list", "reset"),
+        ("delete", "503"), ("delete", "garbage"),
+    },
+    ("before", "transient"): {
+        *((op, a) for op in UPLOAD_STEPS for a in ACTIONS),
+        ("list", "429"), ("list", "garbage"), *(("delete", a) for a in ACTIONS),
+    },
+    ("after", "persistent"): {
+        ("upload_start", "reset"), ("upload_chunk", "garbage"), ("upload_finalize", "503"),
+        ("upload_finalize", "reset"), ("list", "503"), ("delete", "reset"),
+    },
+    ("after", "transient"): {
+        ("upload_start", "503"), ("upload_start", "garbage"), ("upload_chunk", "reset"),
+        ("upload_chunk", "429"), ("upload_finalize", "reset"), ("upload_finalize", "garbage"),
+        ("list", "reset"), ("delete", "503"), ("delete", "reset"),
+    },
 }
-FAST_TRANSIENT_LIST = {"429", "garbage"}
 
 
 def matrix(ops):
     cases = []
-    for op in ops:
-        for action in ACTIONS:
-            for mode in ("transient", "persistent"):
-                fast = (
-                    (op, action) in FAST_PERSISTENT if mode == "persistent"
-                    else op != "list" or action in FAST_TRANSIENT_LIST
-                )
-                marks = () if fast else (pytest.mark.long,)
-                case_id = f"{op}-{action}-{mode}"
-                cases.append(pytest.param(op, action, mode, id=case_id, marks=marks))
+    for when in ("before", "after"):
+        for op in ops:
+            for action in ACTIONS:
+                for mode in ("transient", "persistent"):
+                    fast = (op, action) in FAST[(when, mode)]
+                    marks = () if fast else (pytest.mark.long,)
+                    case_id = f"{op}-{action}-{mode}-{when}"
+                    cases.append(pytest.param(op, action, mode, when, id=case_id, marks=marks))
     return cases
 
 
-def rule(op: str, action: str, mode: str, skip: int = 0) -> dict:
-    times = transient_times(op, action) if mode == "transient" else -1
-    return {"op": op, **ACTIONS[action], "times": times, "skip": skip}
+def rule(op: str, action: str, mode: str, when: str = "before", skip: int = 0) -> dict:
+    times = TRANSIENT_TIMES if mode == "transient" else -1
+    return {"op": op, **ACTIONS[action], "times": times, "skip": skip, "when": when}
 
 
 @pytest.fixture(scope="module")
@@ -116,44 +125,69 @@ def cp_into(mount: Mount, src, name: str, timeout: float = 120):
 
 
 def assert_nothing_left(mount: Mount, sdk, name: str) -> None:
-    """A failed cp leaves no File, no entry in the mount, and no staged copy."""
-    assert name not in sdk_names(sdk)
+    """A failed cp leaves no File (any File of the name would be one nobody asked for: a
+    duplicate), no entry in the mount, and no staged copy."""
+    left = [f for f in sdk.files.list(config={"page_size": 100}) if f.display_name == name]
+    TALLY.add(duplicates=len(left))
+    assert left == [], f"a failed cp left Files: {[(f.name, f.size_bytes) for f in left]}"
     wait_for(lambda: name not in mount.sh("ls -a", timeout=30).stdout.split(), timeout=10,
              what=f"{name} gone from the mount")
     wait_for(lambda: not staged_parts(mount.staging), timeout=10, what="staged copy removed")
 
 
+def upload_expected_to_succeed(op: str, mode: str, when: str) -> bool:
+    """Transient faults are retried through. Persistent ones fail the upload, except a finalize
+    whose answer is always lost: the File exists, and the session's `query` (which the rule on
+    `upload_finalize` does not match) hands it over."""
+    return mode == "transient" or (when == "after" and op == "upload_finalize")
+
+
 # --- uploads ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,action,mode", matrix(UPLOAD_STEPS))
-def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
+@pytest.mark.parametrize("op,action,mode,when", matrix(UPLOAD_STEPS))
+def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when):
     size, skip = UPLOAD_STEPS[op]
     data = random_bytes(size)
-    name = f"{op}-{action}-{mode}.bin"
+    name = f"{op}-{action}-{mode}-{when}.bin"
     (tmp_path / "src").write_bytes(data)
-    shared_server.admin.set_faults(rule(op, action, mode, skip))
+    shared_server.admin.set_faults(rule(op, action, mode, when, skip))
     with PartialWatcher(shared_server, {name: data}) as watcher:
         proc, elapsed = cp_into(fmount, tmp_path / "src", name)
     hits = faults_hit(shared_server.admin)
+    stats = shared_server.admin.stats()
+    sent = upload_bytes(shared_server)
     assert hits >= 1, "the fault never fired: the case proves nothing"
     assert watcher.partial == [], f"a partial File was listed: {watcher.partial}"
-    if mode == "transient":
-        assert proc.returncode == 0, f"cp failed under a transient fault: {proc.stderr}\n" \
-                                     f"{fmount.read_log()[-2000:]}"
-        assert hits == transient_times(op, action)
+    # Per fault before the handler at most the chunk it hit goes again; after it, nothing: the
+    # server has those bytes and says so when asked.
+    allowed = 0 if when == "after" else hits * CHUNK
+    if upload_expected_to_succeed(op, mode, when):
+        assert proc.returncode == 0, f"cp failed: {proc.stderr}\n{fmount.read_log()[-2000:]}"
         verify_written(sdk, {name: data})
+        resent = sent - size
+        assert 0 <= resent <= allowed, f"{resent} bytes re-sent after {hits} fault(s) {when}"
+        if op == "upload_start":
+            assert resent == 0  # no byte had gone out yet
+            assert stats["upload_start"] == hits + 1
+        else:
+            assert stats["upload_start"] == 1, "a new session instead of resuming the old one"
+        if when == "after" and op == "upload_finalize":
+            # The committed finalize is never sent again: the File comes from `query`.
+            assert hits == 1 and stats["upload_finalize"] == 1, (hits, stats)
+        elif mode == "transient":
+            assert hits == TRANSIENT_TIMES, "a fault met no retry"
+        TALLY.resent(when, resent, hits)
         TALLY.add(survived=1)
     else:
         assert proc.returncode != 0, "cp succeeded although every attempt failed"
         assert "Input/output error" in proc.stderr, proc.stderr
-        # A failing chunk costs an attempt the SDK's own re-sends; any other fault fails it at once.
-        sdk_resends = op != "upload_start" and action in SDK_ABSORBED
-        bound = time_bound(SDK_CHUNK_RETRY_SECONDS if sdk_resends else 0.0)
+        bound = time_bound(0.0)
         assert elapsed <= bound, f"cp took {elapsed:.1f}s, bound {bound:.0f}s"
-        # The upload client retries a chunk by querying its session (counted as upload_chunk,
-        # which the rule hits too), not by starting a new one: count the faulted requests.
+        # A chunk is retried by querying its session (counted as upload_chunk, which the rule
+        # hits too), not by starting a new one: count the faulted requests.
         assert hits >= 2, "gave up without retrying a retryable failure"
+        assert sent <= size + allowed, f"{sent} bytes sent for {size} after {hits} faults {when}"
         assert_nothing_left(fmount, sdk, name)
         TALLY.add(failed_cleanly=1)
 
@@ -238,39 +272,45 @@ def test_rsync_under_upload_faults(fmount, shared_server, sdk, tmp_path, mode):
 
 @pytest.mark.long
 @pytest.mark.parametrize("op", ["upload_chunk", "upload_finalize"])
-def test_upload_fault_beyond_the_sdk_resends(fmount, shared_server, sdk, tmp_path, op):
+def test_three_faults_in_a_row_resume_the_same_session(fmount, shared_server, sdk, tmp_path, op):
     """Three 503s in a row (on the chunk and the queries after it): gemfs resumes the same
     session once the server answers again, and the File still arrives whole, once."""
     size, skip = UPLOAD_STEPS[op]
     data = random_bytes(size)
-    name = f"{op}-beyond-sdk.bin"
+    name = f"{op}-three-faults.bin"
     (tmp_path / "src").write_bytes(data)
     shared_server.admin.set_faults({"op": op, "action": "error", "status": 503, "times": 3,
                                     "skip": skip})
     with PartialWatcher(shared_server, {name: data}) as watcher:
         proc, _ = cp_into(fmount, tmp_path / "src", name)
     attempts = shared_server.admin.stats()["upload_start"]
-    assert faults_hit(shared_server.admin) == 3
+    resent = upload_bytes(shared_server) - size
+    hits = faults_hit(shared_server.admin)
+    assert hits == 3
     assert proc.returncode == 0, proc.stderr
     assert attempts == 1, "gemfs started the upload again instead of resuming it"
     assert watcher.partial == []
     verify_written(sdk, {name: data})
+    assert 0 <= resent <= hits * CHUNK
+    TALLY.resent("before", resent, hits)
     TALLY.add(survived=1)
 
 
 # --- list --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,action,mode", matrix(["list"]))
-def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
-    """`ls` answers from the last snapshot while files.list fails, and catches up after."""
-    mine, theirs = f"before-{action}-{mode}.txt", f"theirs-{action}-{mode}.txt"
+@pytest.mark.parametrize("op,action,mode,when", matrix(["list"]))
+def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when):
+    """`ls` answers from the last snapshot while files.list fails, and catches up after. (A
+    listing whose answer is lost after the handler changed nothing on the server: to the mount
+    it is the same failure.)"""
+    mine, theirs = f"before-{action}-{mode}-{when}.txt", f"theirs-{action}-{mode}-{when}.txt"
     # Known to the mount only through a listing (not through its own upload), so that only the
     # snapshot can keep showing it.
     sdk.files.upload(file=io.BytesIO(b"listed before the fault\n"),
                      config={"display_name": mine, "mime_type": "text/plain"})
     wait_for(lambda: mine in fmount.sh("ls", timeout=30).stdout, timeout=15, what="first listing")
-    shared_server.admin.set_faults(rule(op, action, mode))
+    shared_server.admin.set_faults(rule(op, action, mode, when))
     # Another client adds a File: the mount can only learn of it through a listing.
     sdk.files.upload(file=io.BytesIO(b"uploaded elsewhere\n"),
                      config={"display_name": theirs, "mime_type": "text/plain"})
@@ -299,14 +339,17 @@ def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
 # --- delete ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,action,mode", matrix(["delete"]))
-def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
-    """`rm` either deletes the File or fails non-zero and the File is still there, whole."""
-    name = f"rm-{action}-{mode}.bin"
+@pytest.mark.parametrize("op,action,mode,when", matrix(["delete"]))
+def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when):
+    """`rm` either deletes the File or fails non-zero and the File is still there, whole. When
+    the delete was done and only its answer lost, a retried delete finds the File gone (403)
+    and `rm` succeeds; if every answer is lost, `rm` cannot know and fails, the File is gone,
+    and the mount stops showing it at the next listing."""
+    name = f"rm-{action}-{mode}-{when}.bin"
     data = random_bytes(50_000)
     (tmp_path / name).write_bytes(data)
     fmount.sh(f"cp {shq(tmp_path / name)} ./")
-    shared_server.admin.set_faults(rule(op, action, mode))
+    shared_server.admin.set_faults(rule(op, action, mode, when))
     start = time.monotonic()
     proc = fmount.sh(f"rm {name}", check=False, timeout=60)
     elapsed = time.monotonic() - start
@@ -317,6 +360,14 @@ def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
         assert name not in sdk_names(sdk), "rm succeeded but the File still exists"
         assert name not in fmount.sh("ls").stdout
         TALLY.add(survived=1)
+    elif when == "after":
+        assert proc.returncode != 0, "rm succeeded although no delete answer arrived"
+        assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
+        assert shared_server.admin.stats()["delete"] >= 2, "gave up without retrying"
+        assert name not in sdk_names(sdk), "the server did the delete, yet the File is there"
+        wait_for(lambda: name not in fmount.sh("ls", timeout=30).stdout.split(), timeout=15,
+                 what="the deleted File gone from the mount")
+        TALLY.add(failed_cleanly=1)
     else:
         assert proc.returncode != 0, "rm succeeded although every delete failed"
         assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
