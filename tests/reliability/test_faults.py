@@ -19,6 +19,7 @@ import io
 import subprocess
 import time
 
+import httpx
 import pytest
 
 from tests.reliability.conftest import (
@@ -490,3 +491,104 @@ def test_server_restart_mid_upload(rel_root, shared_server, sdk, tmp_path):
             f.sha256_hash for f in sdk.files.list() if f.display_name == "after.txt"}
     finally:
         m.stop()
+
+
+# --- a full project ----------------------------------------------------------------------------
+
+QUOTA = 3 * MiB  # the quota server's --project-quota
+
+
+@pytest.fixture(scope="module")
+def quota_server(rel_root):
+    with ServerProcess(rel_root / "quota-data", keys=[KEY],
+                       args=["--project-quota", str(QUOTA)]) as server:
+        yield server
+
+
+@pytest.fixture
+def quota_mount(rel_root, quota_server):
+    """A mount whose own --quota is the default (far above QUOTA), so only the server refuses."""
+    client = quota_server.client(KEY)
+    for f in list(client.files.list(config={"page_size": 100})):
+        client.files.delete(name=f.name)
+    m = Mount(rel_root, quota_server, name="quota",
+              extra=("--retry-deadline", str(DEADLINE))).start()
+    try:
+        yield m, client
+    finally:
+        quota_server.admin.clear_faults()
+        m.stop()
+
+
+def start_upload_raw(server, size: int) -> httpx.Response:
+    """A resumable `start` as the SDK sends it, for `size` bytes."""
+    with server.http() as http:
+        return http.post("/upload/v1beta/files", headers={
+            "x-goog-api-key": KEY, "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start", "X-Goog-Upload-Header-Content-Length": str(size),
+            "X-Goog-Upload-Header-Content-Type": "application/octet-stream",
+        }, json={"file": {"display_name": "raw", "mime_type": "application/octet-stream",
+                          "size_bytes": size}})
+
+
+def test_a_full_project_fails_cp_at_once_with_edquot(quota_mount, quota_server, tmp_path):
+    """The server answers a full project as the real API does (429 RESOURCE_EXHAUSTED with a
+    QuotaFailure on FileStorageBytesPerProject): `cp` fails with "Disk quota exceeded" after one
+    start request, with no retry, no query and no byte sent, and leaves nothing. Once there is
+    room again, the same `cp` works: the refusal is not remembered."""
+    mount, client = quota_mount
+    filler = random_bytes(2 * MiB)
+    client.files.upload(file=io.BytesIO(filler),  # another client fills the project
+                        config={"display_name": "filler.bin", "mime_type": "text/plain"})
+    # The answer gemfs meets has the real shape.
+    raw = start_upload_raw(quota_server, 2 * MiB)
+    assert raw.status_code == 429, raw.text
+    error = raw.json()["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    assert error["message"] == ("Quota exceeded for metric: generativelanguage.googleapis.com/"
+                                f"file_storage_bytes, limit: {QUOTA}")
+    violations = [v for d in error["details"] if d["@type"].endswith("google.rpc.QuotaFailure")
+                  for v in d["violations"]]
+    assert [v["quotaId"] for v in violations] == ["FileStorageBytesPerProject"]
+
+    data = random_bytes(2 * MiB)
+    (tmp_path / "src").write_bytes(data)
+    quota_server.admin.reset_stats()
+    proc, _ = cp_into(mount, tmp_path / "src", "over.bin")
+    stats = quota_server.admin.stats()
+    sent = upload_bytes(quota_server)
+    assert proc.returncode != 0 and "Disk quota exceeded" in proc.stderr, proc.stderr
+    assert stats["upload_start"] == 1, f"the quota answer was retried: {stats}"
+    assert stats["upload_chunk"] == 0 and stats["upload_finalize"] == 0 and sent == 0, stats
+    assert_nothing_left(mount, client, "over.bin")
+    verify_written(client, {"filler.bin": filler})  # and the other client's File is untouched
+    TALLY.add(failed_cleanly=1)
+
+    client.files.delete(name=[f for f in client.files.list()][0].name)
+    quota_server.admin.reset_stats()
+    mount.sh(f"cp {shq(tmp_path / 'src')} over.bin")
+    assert quota_server.admin.stats()["upload_start"] == 1
+    verify_written(client, {"over.bin": data})
+
+
+def test_an_overwrite_without_room_for_both_versions_keeps_the_old_file(
+        quota_mount, quota_server, tmp_path):
+    """An overwrite uploads the new version before it deletes the old one, so both must fit:
+    when they do not, `cp` fails with EDQUOT after one start, the old File stays whole (and
+    shown), and the log says why."""
+    mount, client = quota_mount
+    old, new = random_bytes(2 * MiB), random_bytes(2 * MiB)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    mount.sh(f"cp {shq(tmp_path / 'old')} doc.bin")
+    quota_server.admin.reset_stats()
+    proc, _ = cp_into(mount, tmp_path / "new", "doc.bin")
+    stats = quota_server.admin.stats()
+    assert proc.returncode != 0 and "Disk quota exceeded" in proc.stderr, proc.stderr
+    assert stats["upload_start"] == 1 and stats["delete"] == 0, stats
+    verify_written(client, {"doc.bin": old})
+    wait_for(lambda: f" {len(old)} " in mount.sh("ls -l doc.bin", check=False,
+                                                 timeout=30).stdout,
+             timeout=10, what="the old File shown again")
+    assert "an overwrite needs both until it is done" in mount.read_log()
+    TALLY.add(failed_cleanly=1)
