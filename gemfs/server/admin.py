@@ -106,11 +106,13 @@ class _Admin:
         return json_response(self.api.render(rec))
 
     async def stats(self, request: Request) -> Response:
-        return json_response({"requests": self.control.stats.snapshot()})
+        return json_response({"requests": self.control.stats.snapshot(),
+                              "uploadBytes": self.control.stats.upload_bytes})
 
     async def reset_stats(self, request: Request) -> Response:
         self.control.stats.reset()
-        return json_response({"requests": self.control.stats.snapshot()})
+        return json_response({"requests": self.control.stats.snapshot(),
+                              "uploadBytes": self.control.stats.upload_bytes})
 
     async def faults(self, request: Request) -> Response:
         if request.method == "POST":

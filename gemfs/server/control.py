@@ -154,12 +154,18 @@ class Faults:
 class Stats:
     def __init__(self) -> None:
         self._counts = dict.fromkeys(OPS, 0)
+        # Body bytes announced (Content-Length) by requests to upload URLs, faulted ones too: what
+        # clients put on the wire, so tests can tell how much an upload sent more than once.
+        self.upload_bytes = 0
 
-    def count(self, op: str) -> None:
+    def count(self, op: str, body_bytes: int = 0) -> None:
         self._counts[op] += 1
+        if op in UPLOAD_OPS:
+            self.upload_bytes += body_bytes
 
     def reset(self) -> None:
         self._counts = dict.fromkeys(OPS, 0)
+        self.upload_bytes = 0
 
     def snapshot(self) -> dict[str, int]:
         return dict(self._counts)
@@ -175,7 +181,8 @@ class Control:
         """Counts the request, applies the latency, and fires a "before" fault if one matches.
         Returns the answer to send instead of running the handler, or None to run it (an
         "after" rule is kept for `answer`)."""
-        self.stats.count(op)
+        length = request.headers.get("content-length", "")
+        self.stats.count(op, int(length) if length.isdigit() else 0)
         if self.latency:
             await asyncio.sleep(self.latency)
         rule = self.faults.take(op)

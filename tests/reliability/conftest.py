@@ -2,7 +2,9 @@
 
 Every test that injects faults or writes bytes records them in `TALLY`; the session prints one
 summary line (the figures docs/RELIABILITY.md quotes): faults injected, operations that survived
-them, operations that failed cleanly (non-zero exit, nothing partial listed), bytes lost (must be 0).
+them, operations that failed cleanly (non-zero exit, nothing partial listed), bytes lost and
+duplicate Files (both must be 0), and the bytes uploads sent more than once, with the most that
+one fault cost, for faults before the server's handler and after it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class Tally:
         self.bytes_written = 0  # bytes of every write whose close succeeded
         self.bytes_verified = 0  # of those, found whole (sha256) through the SDK
         self.bytes_lost = 0
+        self.duplicates = 0  # Files beyond one per display name written, and Files nobody wrote
+        self.bytes_resent = 0  # upload bytes the server received more than once (its own count)
+        # by `when`: the most one fault cost (an upload's re-sent bytes over its faults), and
+        # the most one upload re-sent in all
+        self.resent_per_fault = {"before": 0, "after": 0}
+        self.resent_per_upload = {"before": 0, "after": 0}
         self.fuzz_requests = 0
 
     def add(self, **counts: int) -> None:
@@ -39,10 +47,22 @@ class Tally:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
+    def resent(self, when: str, nbytes: int, faults: int) -> None:
+        """An upload that sent `nbytes` more than once under `faults` faults fired `when`."""
+        with self._lock:
+            self.bytes_resent += nbytes
+            per_fault = -(-nbytes // max(faults, 1))
+            self.resent_per_fault[when] = max(self.resent_per_fault[when], per_fault)
+            self.resent_per_upload[when] = max(self.resent_per_upload[when], nbytes)
+
     def line(self) -> str:
         return (f"reliability: {self.faults_injected} faults injected, {self.survived} operations "
                 f"survived, {self.failed_cleanly} failed cleanly, {self.bytes_written} bytes "
                 f"written, {self.bytes_verified} verified, {self.bytes_lost} bytes lost, "
+                f"{self.duplicates} duplicates, {self.bytes_resent} bytes re-sent (at most "
+                f"{self.resent_per_fault['before']} per fault and "
+                f"{self.resent_per_upload['before']} per upload for faults before the handler, "
+                f"{self.resent_per_fault['after']} and {self.resent_per_upload['after']} after), "
                 f"{self.fuzz_requests} fuzz requests")
 
 
@@ -68,21 +88,31 @@ def listing(sdk) -> dict[str, list]:
 
 
 def verify_written(sdk, written: dict[str, bytes], *, exact: bool = True) -> None:
-    """Every write whose close succeeded is listed exactly once with its sha256; with `exact`,
-    nothing else is listed (nothing partial, no duplicate)."""
+    """Every write whose close succeeded is listed with its sha256 and size (else its bytes count
+    as lost), exactly once (each further File of the name is a duplicate); with `exact`, nothing
+    else is listed (each such File is a duplicate too: nothing partial, nothing orphaned)."""
     files = listing(sdk)
-    lost = 0
+    lost = duplicates = 0
     for name, data in written.items():
         got = files.get(name, [])
-        ok = len(got) == 1 and got[0].sha256_hash == sha_field(data) and (got[0].size_bytes or 0) == len(data)
-        if not ok:
+        if not any(f.sha256_hash == sha_field(data) and (f.size_bytes or 0) == len(data)
+                   for f in got):
             lost += len(data)
-    TALLY.add(bytes_written=sum(len(d) for d in written.values()),
-              bytes_verified=sum(len(d) for d in written.values()) - lost, bytes_lost=lost)
-    assert lost == 0, {n: [(f.name, f.size_bytes, f.sha256_hash) for f in files.get(n, [])]
-                       for n in written}
+        duplicates += max(0, len(got) - 1)
     if exact:
-        assert set(files) == set(written), f"unexpected Files: {set(files) - set(written)}"
+        duplicates += sum(len(fs) for name, fs in files.items() if name not in written)
+    TALLY.add(bytes_written=sum(len(d) for d in written.values()),
+              bytes_verified=sum(len(d) for d in written.values()) - lost, bytes_lost=lost,
+              duplicates=duplicates)
+    detail = {n: [(f.name, f.size_bytes, f.sha256_hash) for f in fs] for n, fs in files.items()}
+    assert lost == 0, f"bytes lost: {detail}"
+    assert duplicates == 0, f"duplicate or unexpected Files: {detail}"
+
+
+def upload_bytes(server) -> int:
+    """Body bytes the server received on upload URLs since its stats were last reset (faulted
+    requests included): the server's own count, not gemfs's."""
+    return server.admin._call("GET", "/stats")["uploadBytes"]
 
 
 def faults_hit(admin) -> int:
@@ -154,11 +184,9 @@ def random_bytes(n: int) -> bytes:
 
 # --- parts 1-3 (faults, crashes, load): mounts, staging and listings seen from outside ---------
 
-CHUNK = 8 * MiB  # the SDK's upload chunk (google.genai._api_client.CHUNK_SIZE)
-# One upload attempt may outlive --retry-deadline: gemfs starts no new attempt after it, but the
-# attempt under way still runs, and on a 503/429/garbage chunk the SDK itself re-sends the chunk
-# three times, sleeping 1 + 2 + 4 s before it gives up.
-SDK_CHUNK_RETRY_SECONDS = 7.0
+# gemfs's upload chunk against `gemfs serve`: the largest multiple of the server's granularity
+# (8 MiB) not above gemfs.upload.DEFAULT_CHUNK_SIZE (8 MiB).
+CHUNK = 8 * MiB
 
 
 def mount_record(mount: Mount) -> dict:

@@ -1,12 +1,16 @@
-"""Faults between the mount and the server (issue 5, part 1), injected by the server's test-only
+"""Faults between the mount and the server (issues 5 and 10), injected by the server's test-only
 admin API: 503, 429, connection resets and garbage bodies on each upload step, on list and on
-delete; stalls; a server restart in the middle of an upload.
+delete, each both ways: *before* the handler (instead of it: the server did nothing) and *after*
+it (the server did the work and the answer was lost); stalls; a server restart mid-upload; a full
+project.
 
 The guarantee under every fault: `cp` either exits 0 and the File is listed whole (sha256
-checked through the SDK), or `cp` exits non-zero within a bounded time (one failing attempt, the
-retry deadline, one last attempt) and nothing is listed, neither during nor after. `ls` keeps
-answering from the last snapshot while listing fails. Every case records its faults and outcome
-in the suite's TALLY.
+checked through the SDK) exactly once, or `cp` exits non-zero within a bounded time (one failing
+attempt, the retry deadline, one last attempt) and nothing is listed, neither during nor after.
+An upload sends at most one chunk again per fault before the handler, and nothing again when the
+server had the bytes (counted by the server). `ls` keeps answering from the last snapshot while
+listing fails. Every case records its faults, outcome, duplicates and bytes re-sent in the
+suite's TALLY.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import io
 import subprocess
 import time
 
+import httpx
 import pytest
 
 from tests.reliability.conftest import (
@@ -22,12 +27,13 @@ from tests.reliability.conftest import (
     KEY,
     MiB,
     Mount,
-    SDK_CHUNK_RETRY_SECONDS,
+    ServerProcess,
     TALLY,
     faults_hit,
     random_bytes,
     sha_field,
     shq,
+    upload_bytes,
     verify_written,
     wait_for,
 )
@@ -57,44 +63,48 @@ ACTIONS = {  # action name -> rule fields
     "reset": {"action": "reset"},
     "garbage": {"action": "garbage"},
 }
-SDK_ABSORBED = ("503", "429", "garbage")  # on a chunk, the SDK itself re-sends after these
+TRANSIENT_TIMES = 2  # two faults in a row: the retry after the first one meets the second
 
-
-def transient_times(op: str, action: str) -> int:
-    """Faults a transient case injects. After a 503/429/garbage chunk the SDK re-sends it itself
-    (sleeping 1 s, then 2 s): one fault takes that path in 1 s. Elsewhere two faults in a row
-    make gemfs retry twice."""
-    return 1 if op in ("upload_chunk", "upload_finalize") and action in SDK_ABSORBED else 2
-
-
-# The persistent cases kept in `make test`: every step and every action at least once. The rest
-# of the matrix costs 5-10 s a case and runs in `make test-long`.
-FAST_PERSISTENT = {
-    ("upload_start", "garbage"), ("upload_chunk", "503"), ("upload_chunk", "reset"),
-    ("upload_finalize", "reset"), ("list", "429"), ("list", "reset"),
-    ("delete", "503"), ("delete", "garbage"),
+# The cases kept in `make test`, by (when, mode): every op and every action at least once each
+# way. The rest of the matrix costs 5-10 s a case and runs in `make test-long`.
+FAST = {
+    ("before", "persistent"): {
+        ("upload_start", "garbage"), ("upload_chunk", "503"), ("upload_chunk", "reset"),
+        ("upload_finalize", "reset"), ("list", "429"), ("list", "reset"),
+        ("delete", "503"), ("delete", "garbage"),
+    },
+    ("before", "transient"): {
+        *((op, a) for op in UPLOAD_STEPS for a in ACTIONS),
+        ("list", "429"), ("list", "garbage"), *(("delete", a) for a in ACTIONS),
+    },
+    ("after", "persistent"): {
+        ("upload_start", "reset"), ("upload_chunk", "garbage"), ("upload_finalize", "503"),
+        ("upload_finalize", "reset"), ("list", "503"), ("delete", "reset"),
+    },
+    ("after", "transient"): {
+        ("upload_start", "503"), ("upload_start", "garbage"), ("upload_chunk", "reset"),
+        ("upload_chunk", "429"), ("upload_finalize", "reset"), ("upload_finalize", "garbage"),
+        ("list", "reset"), ("delete", "503"), ("delete", "reset"),
+    },
 }
-FAST_TRANSIENT_LIST = {"429", "garbage"}
 
 
 def matrix(ops):
     cases = []
-    for op in ops:
-        for action in ACTIONS:
-            for mode in ("transient", "persistent"):
-                fast = (
-                    (op, action) in FAST_PERSISTENT if mode == "persistent"
-                    else op != "list" or action in FAST_TRANSIENT_LIST
-                )
-                marks = () if fast else (pytest.mark.long,)
-                case_id = f"{op}-{action}-{mode}"
-                cases.append(pytest.param(op, action, mode, id=case_id, marks=marks))
+    for when in ("before", "after"):
+        for op in ops:
+            for action in ACTIONS:
+                for mode in ("transient", "persistent"):
+                    fast = (op, action) in FAST[(when, mode)]
+                    marks = () if fast else (pytest.mark.long,)
+                    case_id = f"{op}-{action}-{mode}-{when}"
+                    cases.append(pytest.param(op, action, mode, when, id=case_id, marks=marks))
     return cases
 
 
-def rule(op: str, action: str, mode: str, skip: int = 0) -> dict:
-    times = transient_times(op, action) if mode == "transient" else -1
-    return {"op": op, **ACTIONS[action], "times": times, "skip": skip}
+def rule(op: str, action: str, mode: str, when: str = "before", skip: int = 0) -> dict:
+    times = TRANSIENT_TIMES if mode == "transient" else -1
+    return {"op": op, **ACTIONS[action], "times": times, "skip": skip, "when": when}
 
 
 @pytest.fixture(scope="module")
@@ -116,44 +126,75 @@ def cp_into(mount: Mount, src, name: str, timeout: float = 120):
 
 
 def assert_nothing_left(mount: Mount, sdk, name: str) -> None:
-    """A failed cp leaves no File, no entry in the mount, and no staged copy."""
-    assert name not in sdk_names(sdk)
+    """A failed cp leaves no File (any File of the name would be one nobody asked for: a
+    duplicate), no entry in the mount, and no staged copy."""
+    left = [f for f in sdk.files.list(config={"page_size": 100}) if f.display_name == name]
+    TALLY.add(duplicates=len(left))
+    assert left == [], f"a failed cp left Files: {[(f.name, f.size_bytes) for f in left]}"
     wait_for(lambda: name not in mount.sh("ls -a", timeout=30).stdout.split(), timeout=10,
              what=f"{name} gone from the mount")
     wait_for(lambda: not staged_parts(mount.staging), timeout=10, what="staged copy removed")
 
 
+def upload_expected_to_succeed(op: str, mode: str, when: str) -> bool:
+    """Transient faults are retried through. Persistent ones fail the upload, except a finalize
+    whose answer is always lost: the File exists, and the session's `query` (which the rule on
+    `upload_finalize` does not match) hands it over."""
+    return mode == "transient" or (when == "after" and op == "upload_finalize")
+
+
 # --- uploads ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,action,mode", matrix(UPLOAD_STEPS))
-def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
+@pytest.mark.parametrize("op,action,mode,when", matrix(UPLOAD_STEPS))
+def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when):
     size, skip = UPLOAD_STEPS[op]
     data = random_bytes(size)
-    name = f"{op}-{action}-{mode}.bin"
+    name = f"{op}-{action}-{mode}-{when}.bin"
     (tmp_path / "src").write_bytes(data)
-    shared_server.admin.set_faults(rule(op, action, mode, skip))
+    shared_server.admin.set_faults(rule(op, action, mode, when, skip))
     with PartialWatcher(shared_server, {name: data}) as watcher:
         proc, elapsed = cp_into(fmount, tmp_path / "src", name)
     hits = faults_hit(shared_server.admin)
+    stats = shared_server.admin.stats()
+    sent = upload_bytes(shared_server)
     assert hits >= 1, "the fault never fired: the case proves nothing"
     assert watcher.partial == [], f"a partial File was listed: {watcher.partial}"
-    if mode == "transient":
-        assert proc.returncode == 0, f"cp failed under a transient fault: {proc.stderr}\n" \
-                                     f"{fmount.read_log()[-2000:]}"
-        assert hits == transient_times(op, action)
+    # Per fault before the handler at most the chunk it hit goes again; after it, nothing: the
+    # server has those bytes and says so when asked.
+    allowed = 0 if when == "after" else hits * CHUNK
+    if upload_expected_to_succeed(op, mode, when):
+        assert proc.returncode == 0, f"cp failed: {proc.stderr}\n{fmount.read_log()[-2000:]}"
         verify_written(sdk, {name: data})
+        resent = sent - size
+        assert 0 <= resent <= allowed, f"{resent} bytes re-sent after {hits} fault(s) {when}"
+        if when == "before" and mode == "transient":
+            # Exactly the chunk hit: a middle chunk once (the second fault lands on the query
+            # after it), the last chunk twice (a query is not a finalize, the re-sent one is).
+            expected = {"upload_start": 0, "upload_chunk": CHUNK,
+                        "upload_finalize": 2 * (size - CHUNK)}[op]
+            assert resent == expected, f"{resent} bytes re-sent, expected {expected}"
+        if op == "upload_start":
+            assert resent == 0  # no byte had gone out yet
+            assert stats["upload_start"] == hits + 1
+        else:
+            assert stats["upload_start"] == 1, "a new session instead of resuming the old one"
+        if when == "after" and op == "upload_finalize":
+            # The committed finalize is never sent again: the File comes from `query`.
+            assert hits == 1 and stats["upload_finalize"] == 1, (hits, stats)
+        elif mode == "transient":
+            assert hits == TRANSIENT_TIMES, "a fault met no retry"
+        TALLY.resent(when, resent, hits)
         TALLY.add(survived=1)
     else:
         assert proc.returncode != 0, "cp succeeded although every attempt failed"
         assert "Input/output error" in proc.stderr, proc.stderr
-        # A failing chunk costs an attempt the SDK's own re-sends; any other fault fails it at once.
-        sdk_resends = op != "upload_start" and action in SDK_ABSORBED
-        bound = time_bound(SDK_CHUNK_RETRY_SECONDS if sdk_resends else 0.0)
+        bound = time_bound(0.0)
         assert elapsed <= bound, f"cp took {elapsed:.1f}s, bound {bound:.0f}s"
-        # The upload client retries a chunk by querying its session (counted as upload_chunk,
-        # which the rule hits too), not by starting a new one: count the faulted requests.
+        # A chunk is retried by querying its session (counted as upload_chunk, which the rule
+        # hits too), not by starting a new one: count the faulted requests.
         assert hits >= 2, "gave up without retrying a retryable failure"
+        assert sent <= size + allowed, f"{sent} bytes sent for {size} after {hits} faults {when}"
         assert_nothing_left(fmount, sdk, name)
         TALLY.add(failed_cleanly=1)
 
@@ -187,22 +228,26 @@ def test_overwrite_under_upload_faults(fmount, shared_server, sdk, tmp_path, mod
 
 
 def test_overwrite_when_the_old_file_cannot_be_deleted(fmount, shared_server, sdk, tmp_path):
-    """The new File is in but deleting the old one fails for good: cp reports the failure, and
-    both Files are whole; nothing is lost, nothing partial. (The mount shows the old one at the
-    name, the new one as `name~id`, by the collision rule.)"""
+    """The new File is in but deleting the old one fails for good: the new bytes are whole, so
+    cp succeeds (SEMANTICS.md, overwrite) and the failure is logged; both Files are whole;
+    nothing is lost, nothing partial, and no byte was uploaded twice. (The old File is an
+    undeleted version, not a second upload: the mount shows both, one as `name~id`.)"""
     name = "overwrite-undeletable.bin"
     old, new = random_bytes(40_000), random_bytes(60_000)
     (tmp_path / "old").write_bytes(old)
     (tmp_path / "new").write_bytes(new)
     fmount.sh(f"cp {shq(tmp_path / 'old')} {name}")
+    shared_server.admin.reset_stats()
     shared_server.admin.set_faults({"op": "delete", "action": "error", "status": 400,
                                     "times": -1})
     proc, _ = cp_into(fmount, tmp_path / "new", name)
     assert faults_hit(shared_server.admin) >= 1
-    assert proc.returncode != 0, "cp succeeded although the old File is still there"
+    assert proc.returncode == 0, f"cp failed although the new File is whole: {proc.stderr}"
+    assert upload_bytes(shared_server) == len(new)
     files = [f for f in sdk.files.list() if f.display_name == name]
     assert sorted(f.sha256_hash for f in files) == sorted([sha_field(old), sha_field(new)])
-    TALLY.add(failed_cleanly=1, bytes_written=len(new), bytes_verified=len(new))
+    assert "could not delete the replaced File" in fmount.read_log()
+    TALLY.add(survived=1, bytes_written=len(new), bytes_verified=len(new))
     wait_for(lambda: len([n for n in fmount.sh("ls", timeout=30).stdout.split()
                           if n.startswith("overwrite-undeletable")]) == 2, timeout=10,
              what="both Files in the mount")
@@ -238,39 +283,45 @@ def test_rsync_under_upload_faults(fmount, shared_server, sdk, tmp_path, mode):
 
 @pytest.mark.long
 @pytest.mark.parametrize("op", ["upload_chunk", "upload_finalize"])
-def test_upload_fault_beyond_the_sdk_resends(fmount, shared_server, sdk, tmp_path, op):
+def test_three_faults_in_a_row_resume_the_same_session(fmount, shared_server, sdk, tmp_path, op):
     """Three 503s in a row (on the chunk and the queries after it): gemfs resumes the same
     session once the server answers again, and the File still arrives whole, once."""
     size, skip = UPLOAD_STEPS[op]
     data = random_bytes(size)
-    name = f"{op}-beyond-sdk.bin"
+    name = f"{op}-three-faults.bin"
     (tmp_path / "src").write_bytes(data)
     shared_server.admin.set_faults({"op": op, "action": "error", "status": 503, "times": 3,
                                     "skip": skip})
     with PartialWatcher(shared_server, {name: data}) as watcher:
         proc, _ = cp_into(fmount, tmp_path / "src", name)
     attempts = shared_server.admin.stats()["upload_start"]
-    assert faults_hit(shared_server.admin) == 3
+    resent = upload_bytes(shared_server) - size
+    hits = faults_hit(shared_server.admin)
+    assert hits == 3
     assert proc.returncode == 0, proc.stderr
     assert attempts == 1, "gemfs started the upload again instead of resuming it"
     assert watcher.partial == []
     verify_written(sdk, {name: data})
+    assert 0 <= resent <= hits * CHUNK
+    TALLY.resent("before", resent, hits)
     TALLY.add(survived=1)
 
 
 # --- list --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,action,mode", matrix(["list"]))
-def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
-    """`ls` answers from the last snapshot while files.list fails, and catches up after."""
-    mine, theirs = f"before-{action}-{mode}.txt", f"theirs-{action}-{mode}.txt"
+@pytest.mark.parametrize("op,action,mode,when", matrix(["list"]))
+def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when):
+    """`ls` answers from the last snapshot while files.list fails, and catches up after. (A
+    listing whose answer is lost after the handler changed nothing on the server: to the mount
+    it is the same failure.)"""
+    mine, theirs = f"before-{action}-{mode}-{when}.txt", f"theirs-{action}-{mode}-{when}.txt"
     # Known to the mount only through a listing (not through its own upload), so that only the
     # snapshot can keep showing it.
     sdk.files.upload(file=io.BytesIO(b"listed before the fault\n"),
                      config={"display_name": mine, "mime_type": "text/plain"})
     wait_for(lambda: mine in fmount.sh("ls", timeout=30).stdout, timeout=15, what="first listing")
-    shared_server.admin.set_faults(rule(op, action, mode))
+    shared_server.admin.set_faults(rule(op, action, mode, when))
     # Another client adds a File: the mount can only learn of it through a listing.
     sdk.files.upload(file=io.BytesIO(b"uploaded elsewhere\n"),
                      config={"display_name": theirs, "mime_type": "text/plain"})
@@ -299,14 +350,17 @@ def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
 # --- delete ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,action,mode", matrix(["delete"]))
-def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
-    """`rm` either deletes the File or fails non-zero and the File is still there, whole."""
-    name = f"rm-{action}-{mode}.bin"
+@pytest.mark.parametrize("op,action,mode,when", matrix(["delete"]))
+def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when):
+    """`rm` either deletes the File or fails non-zero and the File is still there, whole. When
+    the delete was done and only its answer lost, a retried delete finds the File gone (403)
+    and `rm` succeeds; if every answer is lost, `rm` cannot know and fails, the File is gone,
+    and the mount stops showing it at the next listing."""
+    name = f"rm-{action}-{mode}-{when}.bin"
     data = random_bytes(50_000)
     (tmp_path / name).write_bytes(data)
     fmount.sh(f"cp {shq(tmp_path / name)} ./")
-    shared_server.admin.set_faults(rule(op, action, mode))
+    shared_server.admin.set_faults(rule(op, action, mode, when))
     start = time.monotonic()
     proc = fmount.sh(f"rm {name}", check=False, timeout=60)
     elapsed = time.monotonic() - start
@@ -317,6 +371,14 @@ def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode):
         assert name not in sdk_names(sdk), "rm succeeded but the File still exists"
         assert name not in fmount.sh("ls").stdout
         TALLY.add(survived=1)
+    elif when == "after":
+        assert proc.returncode != 0, "rm succeeded although no delete answer arrived"
+        assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
+        assert shared_server.admin.stats()["delete"] >= 2, "gave up without retrying"
+        assert name not in sdk_names(sdk), "the server did the delete, yet the File is there"
+        wait_for(lambda: name not in fmount.sh("ls", timeout=30).stdout.split(), timeout=15,
+                 what="the deleted File gone from the mount")
+        TALLY.add(failed_cleanly=1)
     else:
         assert proc.returncode != 0, "rm succeeded although every delete failed"
         assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
@@ -439,3 +501,104 @@ def test_server_restart_mid_upload(rel_root, shared_server, sdk, tmp_path):
             f.sha256_hash for f in sdk.files.list() if f.display_name == "after.txt"}
     finally:
         m.stop()
+
+
+# --- a full project ----------------------------------------------------------------------------
+
+QUOTA = 3 * MiB  # the quota server's --project-quota
+
+
+@pytest.fixture(scope="module")
+def quota_server(rel_root):
+    with ServerProcess(rel_root / "quota-data", keys=[KEY],
+                       args=["--project-quota", str(QUOTA)]) as server:
+        yield server
+
+
+@pytest.fixture
+def quota_mount(rel_root, quota_server):
+    """A mount whose own --quota is the default (far above QUOTA), so only the server refuses."""
+    client = quota_server.client(KEY)
+    for f in list(client.files.list(config={"page_size": 100})):
+        client.files.delete(name=f.name)
+    m = Mount(rel_root, quota_server, name="quota",
+              extra=("--retry-deadline", str(DEADLINE))).start()
+    try:
+        yield m, client
+    finally:
+        quota_server.admin.clear_faults()
+        m.stop()
+
+
+def start_upload_raw(server, size: int) -> httpx.Response:
+    """A resumable `start` as the SDK sends it, for `size` bytes."""
+    with server.http() as http:
+        return http.post("/upload/v1beta/files", headers={
+            "x-goog-api-key": KEY, "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start", "X-Goog-Upload-Header-Content-Length": str(size),
+            "X-Goog-Upload-Header-Content-Type": "application/octet-stream",
+        }, json={"file": {"display_name": "raw", "mime_type": "application/octet-stream",
+                          "size_bytes": size}})
+
+
+def test_a_full_project_fails_cp_at_once_with_edquot(quota_mount, quota_server, tmp_path):
+    """The server answers a full project as the real API does (429 RESOURCE_EXHAUSTED with a
+    QuotaFailure on FileStorageBytesPerProject): `cp` fails with "Disk quota exceeded" after one
+    start request, with no retry, no query and no byte sent, and leaves nothing. Once there is
+    room again, the same `cp` works: the refusal is not remembered."""
+    mount, client = quota_mount
+    filler = random_bytes(2 * MiB)
+    client.files.upload(file=io.BytesIO(filler),  # another client fills the project
+                        config={"display_name": "filler.bin", "mime_type": "text/plain"})
+    # The answer gemfs meets has the real shape.
+    raw = start_upload_raw(quota_server, 2 * MiB)
+    assert raw.status_code == 429, raw.text
+    error = raw.json()["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    assert error["message"] == ("Quota exceeded for metric: generativelanguage.googleapis.com/"
+                                f"file_storage_bytes, limit: {QUOTA}")
+    violations = [v for d in error["details"] if d["@type"].endswith("google.rpc.QuotaFailure")
+                  for v in d["violations"]]
+    assert [v["quotaId"] for v in violations] == ["FileStorageBytesPerProject"]
+
+    data = random_bytes(2 * MiB)
+    (tmp_path / "src").write_bytes(data)
+    quota_server.admin.reset_stats()
+    proc, _ = cp_into(mount, tmp_path / "src", "over.bin")
+    stats = quota_server.admin.stats()
+    sent = upload_bytes(quota_server)
+    assert proc.returncode != 0 and "Disk quota exceeded" in proc.stderr, proc.stderr
+    assert stats["upload_start"] == 1, f"the quota answer was retried: {stats}"
+    assert stats["upload_chunk"] == 0 and stats["upload_finalize"] == 0 and sent == 0, stats
+    assert_nothing_left(mount, client, "over.bin")
+    verify_written(client, {"filler.bin": filler})  # and the other client's File is untouched
+    TALLY.add(failed_cleanly=1)
+
+    client.files.delete(name=[f for f in client.files.list()][0].name)
+    quota_server.admin.reset_stats()
+    mount.sh(f"cp {shq(tmp_path / 'src')} over.bin")
+    assert quota_server.admin.stats()["upload_start"] == 1
+    verify_written(client, {"over.bin": data})
+
+
+def test_an_overwrite_without_room_for_both_versions_keeps_the_old_file(
+        quota_mount, quota_server, tmp_path):
+    """An overwrite uploads the new version before it deletes the old one, so both must fit:
+    when they do not, `cp` fails with EDQUOT after one start, the old File stays whole (and
+    shown), and the log says why."""
+    mount, client = quota_mount
+    old, new = random_bytes(2 * MiB), random_bytes(2 * MiB)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    mount.sh(f"cp {shq(tmp_path / 'old')} doc.bin")
+    quota_server.admin.reset_stats()
+    proc, _ = cp_into(mount, tmp_path / "new", "doc.bin")
+    stats = quota_server.admin.stats()
+    assert proc.returncode != 0 and "Disk quota exceeded" in proc.stderr, proc.stderr
+    assert stats["upload_start"] == 1 and stats["delete"] == 0, stats
+    verify_written(client, {"doc.bin": old})
+    wait_for(lambda: f" {len(old)} " in mount.sh("ls -l doc.bin", check=False,
+                                                 timeout=30).stdout,
+             timeout=10, what="the old File shown again")
+    assert "an overwrite needs both until it is done" in mount.read_log()
+    TALLY.add(failed_cleanly=1)

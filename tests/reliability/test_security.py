@@ -127,9 +127,16 @@ def test_the_key_appears_in_no_log_sidecar_error_or_process_title(tmp_path):
             for name in ("a.txt", "d/b.txt"):
                 scan.text(f"sidecar {name}", m.sh(f"cat {name}.meta.json").stdout)
             (tmp_path / "big").write_bytes(b"b" * 6000)
+            # A File this mount did not upload cannot be read (no download, not in the content
+            # cache, SEMANTICS.md): one more error to scan.
+            other = server.client(secret)  # kept: the SDK closes its transport on __del__
+            other.files.upload(
+                file=src, config={"display_name": "elsewhere.txt", "mime_type": "text/plain"})
+            wait_for(lambda: "elsewhere.txt" in m.sh("ls").stdout, timeout=15,
+                     what="the other client's File listed")
             server.admin.set_faults({"op": "upload_start", "action": "error", "status": 403,
                                      "times": -1})
-            failing = [f"cp {tmp_path / 'big'} ./big", "cat a.txt", "mv a.txt z.txt",
+            failing = [f"cp {tmp_path / 'big'} ./big", "cat elsewhere.txt", "mv a.txt z.txt",
                        "rm nothing-here", f"cp {src} ./refused.txt", "echo x > a.txt.meta.json"]
             for command in failing:
                 proc = m.sh(command, check=False)
