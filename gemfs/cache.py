@@ -80,6 +80,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from gemfs import durable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 10 * 1024**3
@@ -177,7 +179,7 @@ class ContentCache:
                     raise
                 log.warning("content cache index %s is unreadable (%s): starting empty", path, e)
                 for suffix in ("", "-wal", "-shm"):
-                    _unlink(path + suffix)
+                    durable.unlink(path + suffix)
                 continue
             self._db = db
             return rows
@@ -202,7 +204,7 @@ class ContentCache:
             self._bytes += size
         for name in os.listdir(self._data_dir):
             if name not in seen:
-                _unlink(os.path.join(self._data_dir, name))
+                durable.unlink(os.path.join(self._data_dir, name))
         with self._lock:
             self._write_locked(dels=broken)
         expired = self.expire()
@@ -251,12 +253,12 @@ class ContentCache:
         except OSError as e:
             log.warning("not caching %s: %s", file_id, e.strerror or e)
             if copied:
-                _unlink(target)
+                durable.unlink(target)
             else:
                 os.rename(target, path)  # give it back: False means `path` is as it was
             return False
         if copied:
-            _unlink(path)
+            durable.unlink(path)
         entry = _Entry(size, sha256_hex.lower(), expires_at, self._clock(), name)
         with self._lock:
             old = self._entries.pop(file_id, None)
@@ -280,7 +282,7 @@ class ContentCache:
             os.rename(tmp, target)
             return True
         except OSError as e:
-            _unlink(tmp)
+            durable.unlink(tmp)
             log.warning("not caching %s: copy failed: %s", path, e.strerror or e)
             return False
 
@@ -433,7 +435,7 @@ class ContentCache:
     def _unlink_all(self, victims) -> None:
         """Unlink the data files of removed entries (after the index no longer names them)."""
         for _, entry in victims:
-            _unlink(os.path.join(self._data_dir, entry.data))
+            durable.unlink(os.path.join(self._data_dir, entry.data))
 
     def _write_locked(self, *, puts=(), dels=()) -> None:
         """Record changes and pending last-used times in the index, in one transaction. A failed
@@ -460,10 +462,3 @@ class ContentCache:
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
             log.warning("could not write the content cache index in %s: %s", self.root, e)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -63,6 +63,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from gemfs import durable
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -204,16 +206,16 @@ class StateStore:
                         os.fsync(fout.fileno())
                 os.rename(tmp, target)
             except BaseException:
-                _unlink(tmp)
+                durable.unlink(tmp)
                 raise
-            _fsync_dir(self.held_dir)
+            durable.fsync_dir(self.held_dir)
             os.unlink(staged_path)
         return target
 
     def hold(self, path: str, display_name: str, replaces_ids, mtime_ns: int | None) -> int:
         """Record a held file; when this returns, its bytes and its row are on disk."""
-        _fsync_file(path)
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        durable.fsync_file(path)
+        durable.fsync_dir(os.path.dirname(os.path.abspath(path)))
         with self._lock, self._txn(full=True) as db:
             cur = db.execute(
                 "INSERT INTO holds (owner, path, display_name, replaces, mtime_ns, created)"
@@ -240,7 +242,7 @@ class StateStore:
                 found = self._db.execute("SELECT path FROM holds WHERE row = ?", (row,)).fetchone()
             if found is None:
                 raise KeyError(row)
-            _fsync_file(found[0])
+            durable.fsync_file(found[0])
         if not fields:
             return
         with self._lock, self._txn(full=True) as db:
@@ -257,7 +259,7 @@ class StateStore:
                 raise KeyError(row)
             db.execute("DELETE FROM holds WHERE row = ?", (row,))
         if not keep_file:
-            _unlink(found[0])
+            durable.unlink(found[0])
 
     def holds(self) -> list[Hold]:
         """This daemon's holds, oldest first (after recover(), the ones it took over too)."""
@@ -339,7 +341,7 @@ class StateStore:
                         kept += 1
                     else:
                         log.info("removing unjournalled held file %s", path)
-                        _unlink(path)
+                        durable.unlink(path)
                 if not kept:
                     shutil.rmtree(d, ignore_errors=True)
             finally:
@@ -364,26 +366,3 @@ class StateStore:
 def _hold(r) -> Hold:
     return Hold(row=r[0], path=r[1], display_name=r[2], replaces_ids=tuple(json.loads(r[3])),
                 mtime_ns=r[4], uploaded_id=r[5], created=r[6])
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from gemfs import durable
 from gemfs.server import wire
 
 log = logging.getLogger(__name__)
@@ -797,7 +798,7 @@ class Store:
         durable before any row may point at it."""
         blob = secrets.token_hex(16)
         os.replace(src, self._blobs / blob)
-        _fsync_dir(self._blobs)
+        durable.fsync_dir(self._blobs)
         return blob
 
     def _unlink_blob(self, blob: str | None) -> None:
@@ -831,13 +832,6 @@ class Store:
             log.info("sweep removed %d expired files and %d old upload sessions", files, len(keys))
         return {"files": files, "sessions": len(keys)}
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _zeros_sha256(size: int) -> str:
