@@ -1040,6 +1040,7 @@ class GemFS(Operations):
             self.catalog.add_uploaded(record)
         if record.state == "FAILED":
             message = (record.api.get("error") or {}).get("message", "processing failed")
+            log.warning("%s (%s) FAILED: %s", record.display_name or record.id, record.name, message)
             raise GemfsError(errno.EIO, f"{record.name} FAILED: {message}")
 
     def _delete_remote(self, record: FileRecord, *, quiet: bool = False) -> None:
