@@ -51,8 +51,9 @@ unmount: setup
 serve: setup
 	$(GEMFS) serve
 
+# --durations=10: the ten slowest tests, so a test that grows slow is seen in every run.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
 
 test-long: setup
 	$(PY) -m pytest -m long $(PYTEST_ARGS)

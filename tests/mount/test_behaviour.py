@@ -137,8 +137,8 @@ def test_other_clients_files_appear_after_the_ttl(mount, sdk):
 def test_generated_files_can_be_read(mount, admin):
     payload = os.urandom(300_000)
     admin.generated(KEY, payload, display_name="renders/out.png", mime_type="image/png")
-    data = wait_for(lambda: (mount.path / "renders" / "out.png").exists(), what="generated file")
-    assert data
+    wait_for(lambda: (mount.path / "renders" / "out.png").exists(), what="generated file")
+    assert (mount.path / "renders" / "out.png").stat().st_size == len(payload)
     assert (mount.path / "renders" / "out.png").read_bytes() == payload
     meta = json.loads((mount.path / "renders" / "out.png.meta.json").read_text())
     assert meta["source"] == "GENERATED" and meta["downloadUri"]
