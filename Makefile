@@ -33,10 +33,12 @@ gui-deps: system-deps
 	    xvfb pcmanfm xdotool imagemagick dbus; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt: the exact versions tested (`pip freeze --exclude-editable` of this venv), so
+# every machine and CI installs what was tested; pyproject.toml keeps the ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 # Mount the embedded local Files API server at $(MNT) (data under ~/.local/share/gemfs);
@@ -64,7 +66,6 @@ test-gui: setup gui-deps
 	GEMFS_TEST_GUI=1 $(PY) -m pytest tests/gui -v -s $(PYTEST_ARGS)
 
 bench: setup
-	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m bench.run
 
 clean:
