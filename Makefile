@@ -33,10 +33,12 @@ gui-deps: system-deps
 	    xvfb pcmanfm xdotool imagemagick dbus; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt: the exact versions tested (`pip freeze --exclude-editable` of this venv), so
+# every machine and CI installs what was tested; pyproject.toml keeps the ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 # Mount the embedded local Files API server at $(MNT) (data under ~/.local/share/gemfs);
@@ -51,8 +53,9 @@ unmount: setup
 serve: setup
 	$(GEMFS) serve
 
+# --durations=10: the ten slowest tests, so a test that grows slow is seen in every run.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
 
 test-long: setup
 	$(PY) -m pytest -m long $(PYTEST_ARGS)
@@ -63,7 +66,6 @@ test-gui: setup gui-deps
 	GEMFS_TEST_GUI=1 $(PY) -m pytest tests/gui -v -s $(PYTEST_ARGS)
 
 bench: setup
-	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m bench.run
 
 clean:

@@ -321,7 +321,6 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed row (a File, or bytes counted in a session) survives power loss.
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._check_schema()
             row = self._db.execute("SELECT MAX(create_us) FROM files").fetchone()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 CASES = ("big_upload", "small_files", "listing", "probes", "resume")
+PER_FILE_OPS = ("get", "download")  # what a listing must never call per File
 KEY = "smoke-key-7c1e0f3a9b"  # distinctive, so a leak into the output would be found
 
 
@@ -53,9 +55,91 @@ def test_every_case_has_numeric_medians_and_a_verdict(result):
             values = [v for v in (row["gemfs"], row["sdk"]) if v is not None]
             assert values, row
             assert all(isinstance(v, (int, float)) and v >= 0 for v in values), row
-    assert "PASS" in result["_stdout"] or "MISS" in result["_stdout"]
     for field in ("cpu", "cores", "ram_bytes", "kernel", "python", "mfusepy", "libfuse"):
         assert result["machine"][field], field
+
+
+VERDICTS = {True: "PASS", False: "MISS", None: "info"}
+HEADER = ["case", "measure", "gemfs", "SDK", "ratio", "target", "result",
+          "requests: gemfs", "requests: SDK"]
+
+
+def printed_table(stdout):
+    """The plain table `bench.run` prints: its header, then one list of cells per row, cut at the
+    columns its dashed line marks (cells are left-justified and two spaces apart)."""
+    lines = stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.split()[:2] == ["case", "measure"]]
+    assert len(starts) == 1, stdout[-4000:]
+    head, dashes = lines[starts[0]], lines[starts[0] + 1]
+    assert set(dashes) <= {"-", " "}, dashes
+    spans, col = [], 0
+    for dash in dashes.split("  "):
+        spans.append((col, col + len(dash)))
+        col += len(dash) + 2
+    cut = lambda line: [line[a:b].strip() for a, b in spans]  # noqa: E731
+    body = []
+    for line in lines[starts[0] + 2:]:
+        if not line.strip():
+            break
+        body.append(cut(line))
+    return cut(head), body
+
+
+def test_the_printed_table_has_one_row_per_measure_with_its_verdict(result):
+    header, body = printed_table(result["_stdout"])
+    assert header == HEADER
+    measured = [row for case in CASES for row in result["cases"][case]]
+    assert len(body) == len(measured)
+    for cells, row in zip(body, measured):
+        assert len(cells) == len(HEADER) and all(cells), cells
+        assert cells[0] == row["case"] and cells[1] == row["measure"].strip(), (cells, row)
+        assert cells[5] == (row["target"] or "-"), (cells, row)
+        assert cells[6] == VERDICTS[row["passed"]], (cells, row)
+    assert {cells[6] for cells in body} <= set(VERDICTS.values())
+
+
+def expected_verdict(result, row):
+    """The verdict a row's own numbers give under its target, recomputed independently of
+    `bench.run`; an unknown target fails the test, so a new target gets a check here too."""
+    target, g, s = row["target"], row["gemfs"], row["sdk"]
+    values = [v for v in (g, s) if v is not None]
+    requests = row["requests"].get("gemfs", {})
+    if target == "":
+        return None
+    if m := re.fullmatch(r"ratio <= ([\d.]+)", target):
+        assert row["ratio"] == pytest.approx(g / s), row
+        return g / s <= float(m[1])
+    if m := re.fullmatch(r"<= ([\d.]+) MB", target):  # peak RSS: every process measured
+        return max(values) <= float(m[1])
+    if m := re.fullmatch(r"<= ([\d.]+) MiB", target):  # bytes re-sent: gemfs's side
+        return g <= float(m[1])
+    if m := re.fullmatch(r">= ([\d.]+)x", target):
+        return g >= float(m[1])
+    if target in ("0 requests", "0 API requests"):
+        return sum(requests.values()) == 0
+    if m := re.fullmatch(r"(\d+) pages, 0 per-file", target):
+        pages = int(m[1])
+        if row["measure"].startswith("pages of that background refresh"):  # every run's refresh,
+            listing = result["cases"]["listing"]  # and no per-file call in any listing step
+            per_file = [op for r in listing for op, n in r["requests"].get("gemfs", {}).items()
+                        if n and op in PER_FILE_OPS]
+            return all(p == pages for p in result["details"]["listing"]["refresh_pages"]) \
+                and not per_file
+        return g == pages and not any(requests.get(op) for op in PER_FILE_OPS)
+    if target == "returns before the refresh":
+        return all(result["details"]["listing"]["no_wait"])
+    if target == "1":
+        return g == 1 and min(row["samples"]["gemfs"]) == 1
+    raise AssertionError(f"no check for target {target!r} of {row['measure']!r}")
+
+
+def test_every_verdict_matches_the_numbers_it_prints(result):
+    judged = 0
+    for case in CASES:
+        for row in result["cases"][case]:
+            assert row["passed"] == expected_verdict(result, row), row
+            judged += row["passed"] is not None
+    assert judged >= len(CASES)
 
 
 def test_probes_make_no_api_request(result):

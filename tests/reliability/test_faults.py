@@ -40,7 +40,11 @@ from tests.reliability.conftest import (
 from tests.reliability.support import PartialWatcher, sdk_names, staged_parts
 
 DEADLINE = 5.0  # --retry-deadline of the module's mount
-SLACK = 6.0  # process start, transfers and scheduling on a busy 2-core machine
+# Process start, transfers and scheduling on a 2-core machine shared with other jobs. Generous on
+# purpose: the bound only has to tell "gave up after the deadline" from "kept retrying" (which runs
+# into cp's 120 s timeout); the deadline's own arithmetic is pinned with a fake clock in
+# tests/unit/test_remote.py.
+SLACK = 20.0
 
 
 def time_bound(attempt_seconds: float, deadline: float = DEADLINE) -> float:
@@ -189,6 +193,7 @@ def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, wh
     else:
         assert proc.returncode != 0, "cp succeeded although every attempt failed"
         assert "Input/output error" in proc.stderr, proc.stderr
+        # The bound is the guarantee under test (RELIABILITY.md #2: fails within a bounded time).
         bound = time_bound(0.0)
         assert elapsed <= bound, f"cp took {elapsed:.1f}s, bound {bound:.0f}s"
         # A chunk is retried by querying its session (counted as upload_chunk, which the rule
@@ -332,7 +337,9 @@ def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when
         start = time.monotonic()
         proc = fmount.sh("ls -l", check=False, timeout=30)
         assert proc.returncode == 0, f"ls failed while listing fails: {proc.stderr}"
-        assert time.monotonic() - start < 3.0, "ls waited for the failing listing"
+        # Waiting for the failing refresh would take its whole retry deadline (DEADLINE s of
+        # backoff); anything clearly under that shows ls answered from the snapshot.
+        assert time.monotonic() - start < DEADLINE - 1, "ls waited for the failing listing"
         names = proc.stdout
         assert mine in names, "the last snapshot was lost"
         if mode == "persistent":
@@ -373,6 +380,7 @@ def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, wh
         TALLY.add(survived=1)
     elif when == "after":
         assert proc.returncode != 0, "rm succeeded although no delete answer arrived"
+        # The bound is the guarantee under test (RELIABILITY.md #6: rm fails within the bound).
         assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
         assert shared_server.admin.stats()["delete"] >= 2, "gave up without retrying"
         assert name not in sdk_names(sdk), "the server did the delete, yet the File is there"
@@ -438,7 +446,9 @@ def test_stall_longer_than_the_deadline_fails_cleanly(rel_root, shared_server, s
             while cp.poll() is None:
                 t0 = time.monotonic()
                 out = m.sh("ls -l && stat old.txt", timeout=30).stdout
-                assert time.monotonic() - t0 < 3.0, "ls/stat waited for the stalled upload"
+                # Waiting for the upload would take until it gives up (~8 s: two timed-out
+                # attempts around the 4 s deadline); under half of that shows they did not.
+                assert time.monotonic() - t0 < 4.0, "ls/stat waited for the stalled upload"
                 assert "old.txt" in out
                 answered += 1
                 assert time.monotonic() - start < time_bound(timeout, deadline), "cp hangs"
@@ -449,6 +459,7 @@ def test_stall_longer_than_the_deadline_fails_cleanly(rel_root, shared_server, s
             if cp.poll() is None:
                 cp.kill()
         assert cp.returncode != 0 and "Input/output error" in stderr, stderr
+        # The bound is the guarantee under test (RELIABILITY.md #7: stuck fails within it).
         assert elapsed <= time_bound(timeout, deadline), f"cp took {elapsed:.1f}s"
         assert answered >= 3
         assert faults_hit(shared_server.admin) >= 1
