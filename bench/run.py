@@ -507,9 +507,9 @@ class Bench:
         return [
             Row("big_upload", f"cp {size / MiB:.0f} MiB vs files.upload", "s", g, s,
                 "ratio <= 1.15", g / s <= 1.15, ratio=g / s, requests=reqs, samples=times),
-            Row("big_upload", "  gemfs half 1: staging (cp to NAME.part)", "s",
+            Row("big_upload", "  gemfs half 1: staging (cp to a held temp name)", "s",
                 median(times["stage"]), None, "", None, samples={"gemfs": times["stage"]}),
-            Row("big_upload", "  gemfs half 2: upload (mv NAME.part NAME)", "s",
+            Row("big_upload", "  gemfs half 2: upload (mv of it to NAME)", "s",
                 median(times["upload"]), s, "", None, ratio=median(times["upload"]) / s,
                 samples={"gemfs": times["upload"]}),
             Row("big_upload", f"  same, server at --latency-ms {self.sizes.latency_ms}", "s",
@@ -528,12 +528,12 @@ class Bench:
 
     def halves(self, server: BenchServer, mount: BenchMount, src: Path, run: int,
                times: dict[str, list[float]]) -> None:
-        """The same cp in its two halves: a `.part` name is held at close (a temp name,
-        docs/SEMANTICS.md), so cp times the staging alone, and the rename to the final name
-        (which uploads it) times the upload alone."""
-        held = mount.path / f"big-{run}.bin.part"
+        """The same cp in its two halves: GIO's temp name `.goutputstream-XXXXXX` is held at
+        close (gemfs/tempnames.py), so cp times the staging alone, and the rename to the final
+        name (which uploads it) times the upload alone."""
+        held = mount.path / f".goutputstream-BENCH{run % 10}"
         dest = mount.path / f"big-{run}.bin"
-        with self.p.ticking("  gemfs in halves: cp to NAME.part, then mv to NAME"):
+        with self.p.ticking("  gemfs in halves: cp to a held temp name, then mv to NAME"):
             stage, _, _ = timed(server, lambda: sh(["cp", str(src), str(held)]))
             upload, _, _ = timed(server, lambda: os.rename(held, dest))
         os.unlink(dest)
