@@ -34,5 +34,5 @@ def make_driver(tmp_path: Path) -> Iterator:
         return driver
 
     yield make
-    for driver in made:
+    for driver in reversed(made):  # each undoes its patches of gemfs modules: last made, first
         driver.shutdown()
