@@ -136,13 +136,13 @@ class Driver:
         return errno_of(lambda: self.call(op, *args))
 
     @contextlib.contextmanager
-    def holding(self, path: str):
-        """While inside, this process holds a descriptor open for writing whose /proc/self/fd link
-        is the mount's `path`, as the kernel would show a descriptor open on the mount (the stand-in file lives
+    def holding(self, path: str, *, write: bool = True):
+        """While inside, this process holds a descriptor (open for writing unless `write` is
+        False) whose /proc/self/fd link is the mount's `path`, as the kernel would show a descriptor open on the mount (the stand-in file lives
         in the otherwise empty directory that `fs.mountpoint` names)."""
         shadow = os.path.join(self.mountpoint, path.lstrip("/"))
         os.makedirs(os.path.dirname(shadow), exist_ok=True)
-        fd = os.open(shadow, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(shadow, (os.O_WRONLY if write else os.O_RDONLY) | os.O_CREAT, 0o600)
         try:
             yield
         finally:
