@@ -190,7 +190,11 @@ class FsMachine(RuleBasedStateMachine):
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}.{suffix}"
         before = self.drv.remote.count("upload")
-        assert self.drv.write_file(temp, data) == 0
+        self.drv.command = "rsync"  # `.NAME.XXXXXX` is a held temp name only when rsync makes it
+        try:
+            assert self.drv.write_file(temp, data) == 0
+        finally:
+            self.drv.command = None
         assert self.drv.remote.count("upload") == before
         assert self.drv.stat(temp)["st_size"] == len(data)
         result = self.drv.mv(temp, path)
