@@ -8,14 +8,15 @@ each step:
   (duplicates: 0, bytes lost: 0);
 - no File exists remotely under a name the model does not have (nothing a failed close or an
   unlink left behind).
-A close that is not the last one of its file may or may not upload (issue 9 item 7 wants one
-upload per file, when the last writer is done): until the last close, the bytes of such a close
-are "possible" for that path, not promised. So are the bytes of an upload whose answer was lost
+A close that is not the last one of its file may or may not upload (gemfs waits for the last
+writer when the closing process or an ancestor still holds the file open for writing; the
+driver's second handles are not in /proc, so here they upload): until the last close, the bytes of
+such a close are "possible" for that path, not promised. So are the bytes of an upload whose answer was lost
 after the server made the File (LostAnswerMachine): gemfs may report EIO or find its File; the
 invariants still allow at most one File for the name, holding promised or possible bytes.
 
-Outcomes the contract leaves open today and changes in issues 9 and 10 (mv or append of an own
-File: EPERM now, 0 later) are accepted either way, and the model follows what was returned.
+Every closed file of the model is a File this mount uploaded, whose bytes the driver's content
+cache keeps, so `>>` and mv of it work like those of a local file (SEMANTICS.md, "Own Files").
 """
 
 from __future__ import annotations
@@ -222,23 +223,13 @@ class FsMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.closed_files())
     @rule(choice=picks, data=st.binary(min_size=1, max_size=32))
     def append_by_reopen(self, choice: int, data: bytes) -> None:
-        """`>>` on a closed file: EPERM today (no bytes to append to); issue 9 item 2 makes it
-        work for a File this mount uploaded. Either is accepted; the model follows."""
+        """`>>` on a closed file: its cached bytes are copied into staging and the close uploads
+        the whole, then retires the old File."""
         path = pick(self.closed_files(), choice)
         old = self.model[path]
         before = self.drv.remote.count("upload")
-        try:
-            fh = self.drv.open(path, os.O_WRONLY | os.O_APPEND)
-        except OSError as e:
-            assert e.errno == errno.EPERM, errno.errorcode.get(e.errno)
-            return
-        try:
-            self.drv.write(fh, data, len(old), path)
-        except OSError as e:
-            assert e.errno == errno.EPERM, errno.errorcode.get(e.errno)
-            self.drv.close(path, fh)
-            assert self.drv.remote.count("upload") == before
-            return
+        fh = self.drv.open(path, os.O_WRONLY | os.O_APPEND)
+        assert self.drv.write(fh, data, len(old), path) == len(data)
         result = self.drv.close(path, fh)
         if self.settle(path, old + data, before, result, expect_upload=True):
             self.promise(path, old + data)
@@ -277,17 +268,14 @@ class FsMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.closed_files())
     @rule(choice=picks, dst=paths)
     def rename(self, choice: int, dst: str) -> None:
-        """mv of a closed file: EPERM today (the API has no rename); issue 9 item 2 makes it an
-        upload under the new name and a delete of the old one for a File this mount uploaded."""
+        """mv of a closed file: an upload of its cached bytes under the new name, then a delete of
+        the old File (the API has no rename)."""
         src = pick(self.closed_files(), choice)
         if src == dst or dst in self.opened:
             return
         self.mkdir_p(dst)
         before = self.drv.remote.count("upload")
         result = self.drv.mv(src, dst)
-        if result == errno.EPERM:
-            assert self.drv.remote.count("upload") == before
-            return
         if self.settle(dst, self.model[src], before, result, expect_upload=True):
             self.promise(dst, self.model[src])
             self.forget(src)
