@@ -1,8 +1,8 @@
-"""The contract issues 9 and 10 ask of fs.py and that is not built yet, as strict xfails.
+"""The contract issues 9 and 10 ask of fs.py: exact errnos and exact request counts.
 
-Each test is the spec the integrator codes against: exact errnos and exact request counts. When a
-behaviour lands its test starts to pass, the strict xfail turns that into a failure, and the
-marker comes off. Every reason names the issue and its item.
+Most of it is built and these are plain tests now. What is not built yet stays a strict xfail
+whose reason names the issue and its item: when it lands the test starts to pass, the strict
+xfail turns that into a failure, and the marker comes off.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import stat
+import subprocess
 import time
 
 import pytest
@@ -178,6 +179,27 @@ def test_flush_while_the_caller_holds_another_descriptor_does_not_upload(drv: Dr
         assert drv.flush("/loop.txt", fh) == 0
         assert drv.remote.count("upload") == 0
         drv.write(fh, b"line\n")
+    assert drv.close("/loop.txt", fh) == 0
+    assert drv.remote.count("upload") == 1
+    assert drv.remote.data("loop.txt") == b"line\n"
+
+
+def test_flush_by_a_child_while_its_parent_holds_the_file_does_not_upload(drv: Driver):
+    """`for ...; do date; done > f`: each child inherits the shell's descriptor and closes its
+    copy; only the shell's close is the last writer's (procinfo.holds_for_writing walks the
+    closing process's ancestors)."""
+    fh = drv.open("/loop.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    drv.write(fh, b"line\n")
+    child = subprocess.Popen(["sleep", "600"])  # its parent, this process, is the shell
+    try:
+        with drv.holding("/loop.txt"):
+            drv.pid = child.pid
+            assert drv.flush("/loop.txt", fh) == 0
+            assert drv.remote.count("upload") == 0
+            drv.pid = os.getpid()
+    finally:
+        child.kill()
+        child.wait()
     assert drv.close("/loop.txt", fh) == 0
     assert drv.remote.count("upload") == 1
     assert drv.remote.data("loop.txt") == b"line\n"
