@@ -93,6 +93,10 @@ def new_name(path: str, *, directory: bool = False) -> Path:
     return parts
 
 
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
 def _caller() -> int:
     return fuse_get_context()[2]
 
@@ -122,7 +126,9 @@ class Pending:
     unlinked: bool = False  # mount lock: removed from the tree; never uploaded again
     hold: int | None = None  # file lock: its row in the state store's held journal (durable)
     settling: bool = False  # mount lock: its last handle is gone and its bytes are being settled
-    mtime: float = field(default_factory=time.time)  # one float: read without a lock
+    # One int, read without a lock. Nanoseconds, as utimens hands them: a float of seconds
+    # keeps only ~256 ns at today's epoch, and rsync compares what it set with what it reads.
+    mtime_ns: int = field(default_factory=time.time_ns)
 
     @property
     def size(self) -> int:
@@ -321,8 +327,8 @@ class GemFS(Operations):
             raise GemfsError(errno.EBADF)
         return obj
 
-    def _file_attrs(self, mode: int, size: int, mtime: float, ctime: float | None = None) -> dict:
-        ns = int(mtime * 1e9)
+    def _file_attrs(self, mode: int, size: int, mtime_ns: int, ctime: float | None = None) -> dict:
+        ns = mtime_ns
         return {
             "st_mode": stat.S_IFREG | mode,
             "st_nlink": 1,
@@ -333,7 +339,7 @@ class GemFS(Operations):
             "st_gid": self.gid,
             "st_mtime": ns,
             "st_atime": ns,
-            "st_ctime": int((ctime or mtime) * 1e9),
+            "st_ctime": int(ctime * 1e9) if ctime else ns,
         }
 
     def _dir_attrs(self, path: Path = ()) -> dict:
@@ -414,11 +420,11 @@ class GemFS(Operations):
             return self._sidecar_attrs(self._fresh_record(record))
         listing = self._hidden_list(parts)
         if listing is not None:
-            return self._file_attrs(0o444, len(listing), self.started)
+            return self._file_attrs(0o444, len(listing), _ns(self.started))
         raise GemfsError(errno.ENOENT)
 
     def _sidecar_attrs(self, record: FileRecord) -> dict:
-        return self._file_attrs(0o444, len(sidecar.render(record)), record.update_time)
+        return self._file_attrs(0o444, len(sidecar.render(record)), _ns(record.update_time))
 
     @fuse_op
     def readdir(self, path: str, fh=None):
@@ -482,7 +488,7 @@ class GemFS(Operations):
 
     def _pending_attrs(self, pending: Pending) -> dict:
         # A file being written: its local size, readable and writable.
-        return self._file_attrs(0o644, pending.size, pending.mtime)
+        return self._file_attrs(0o644, pending.size, pending.mtime_ns)
 
     def _node_attrs(self, node) -> dict:
         if isinstance(node, DirNode):
@@ -494,12 +500,12 @@ class GemFS(Operations):
             mode = 0o644  # this machine has its bytes: readable, and writable in place
         else:
             mode = 0o200  # uploaded bytes can never be read back: 0200 tells tools before they try
-        mtime = r.update_time
+        mtime_ns = _ns(r.update_time)
         if self.state is not None:
             kept = self.state.get_mtime(r.id)
             if kept is not None:
-                mtime = kept / 1e9
-        return self._file_attrs(mode, r.size, mtime, r.update_time)
+                mtime_ns = kept
+        return self._file_attrs(mode, r.size, mtime_ns, r.update_time)
 
     @fuse_op
     def statfs(self, path: str) -> dict:
@@ -538,7 +544,7 @@ class GemFS(Operations):
             with self._lock:
                 pending = self._pending.get(split_path(path))
         if pending is not None:
-            pending.mtime = mtime_ns / 1e9
+            pending.mtime_ns = mtime_ns
             with pending.lock:
                 uploaded = None if pending.dirty else pending.uploaded
             if uploaded is not None and self.state is not None:
@@ -624,7 +630,7 @@ class GemFS(Operations):
             p.dirty = False
             p.uploaded = base
             p.base_missing = True
-            p.mtime = self._node_attrs(FileNode(base))["st_mtime"] / 1e9
+            p.mtime_ns = self._node_attrs(FileNode(base))["st_mtime"]
         with self._lock:
             old = self._pending.get(parts)
             if old is not None and old.handles:
@@ -690,13 +696,13 @@ class GemFS(Operations):
             if writing:
                 raise GemfsError(errno.EACCES, "sidecars are read-only")
             data = sidecar.render(self._fresh_record(record))
-            return self._read_handle(ReadHandle(self._file_attrs(0o444, len(data), record.update_time),
+            return self._read_handle(ReadHandle(self._file_attrs(0o444, len(data), _ns(record.update_time)),
                                                 data=data, direct=True))
         listing = self._hidden_list(parts)
         if listing is not None:
             if writing:
                 raise GemfsError(errno.EACCES, "the .hidden list is read-only")
-            return self._read_handle(ReadHandle(self._file_attrs(0o444, len(listing), self.started),
+            return self._read_handle(ReadHandle(self._file_attrs(0o444, len(listing), _ns(self.started)),
                                                 data=listing, direct=True))
         raise GemfsError(errno.ENOENT)
 
@@ -784,7 +790,7 @@ class GemFS(Operations):
                 obj.error = e.errno
                 raise
             obj.dirty = True
-            obj.mtime = time.time()
+            obj.mtime_ns = time.time_ns()
         return written
 
     @fuse_op
@@ -808,7 +814,7 @@ class GemFS(Operations):
                 pending.error = e.errno
                 raise
             pending.dirty = True
-            pending.mtime = time.time()
+            pending.mtime_ns = time.time_ns()
         return 0
 
     def _truncate_file(self, parts: Path, length: int) -> int:
@@ -956,7 +962,7 @@ class GemFS(Operations):
             with self._lock:
                 self._recent[record.id] = time.time()
             if self.state is not None:
-                self.state.set_mtime(record.id, int(p.mtime * 1e9))
+                self.state.set_mtime(record.id, p.mtime_ns)
             log.info("uploaded %s as %s (%d bytes, %s)", display, record.name, size, mime_type)
         for old in retired:
             if old.id != record.id:
@@ -977,10 +983,10 @@ class GemFS(Operations):
         replaces = [r.id for r in p.replaces]
         if p.hold is None:
             p.staged.path = self.state.adopt_held(p.staged.path)
-            p.hold = self.state.hold(p.staged.path, display, replaces, int(p.mtime * 1e9))
+            p.hold = self.state.hold(p.staged.path, display, replaces, p.mtime_ns)
         else:
             self.state.update_hold(p.hold, display_name=display, replaces_ids=replaces,
-                                   mtime_ns=int(p.mtime * 1e9), data_changed=True)
+                                   mtime_ns=p.mtime_ns, data_changed=True)
 
     def _release_hold(self, p: Pending) -> None:
         """The journal row of a held file is done with (uploaded, or unlinked). The bytes stay:

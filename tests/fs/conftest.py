@@ -1,8 +1,8 @@
 """Fixtures of the in-process file-system tier: a GemFS over a FakeRemote and a FakeClock.
 
 Run it with `.venv/bin/python -m pytest tests/fs -q` (no FUSE, no server, no sleeps); the long
-state-machine run with `-m long tests/fs`. test_next.py holds the contract of issues 9 and 10 as
-strict xfails: when one starts to pass, remove its marker.
+state-machine run with `-m long tests/fs`. test_next.py holds the contract of issues 9 and 10; what
+is not built yet is a strict xfail: when one starts to pass, remove its marker.
 """
 
 from __future__ import annotations
@@ -34,5 +34,5 @@ def make_driver(tmp_path: Path) -> Iterator:
         return driver
 
     yield make
-    for driver in made:
+    for driver in reversed(made):  # each undoes its patches of gemfs modules: last made, first
         driver.shutdown()

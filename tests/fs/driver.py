@@ -1,16 +1,21 @@
 """Drives a `GemFS` in-process, without FUSE, the way the kernel and mfusepy call it.
 
-`Driver` builds the same objects `gemfs/mount.py` builds (GemFS over a Remote, a Catalog and a
-StagingArea), but over a `FakeRemote` and a `FakeClock`, so a test runs in milliseconds and can
-count every request. Operations are called as mfusepy calls them: paths like "/a/b", file handles
+`Driver` builds the same objects `gemfs/mount.py` builds (GemFS over a Remote, a Catalog, a
+StagingArea, a ContentCache and a StateStore, the catalog's listings reconciled into the last two,
+and `recover_held` at start), but over a `FakeRemote` and a `FakeClock`, so a test runs in
+milliseconds and can count every request. The staging, cache and state directories live under the
+driver's `tmp`, so a second Driver over the same `tmp` is the next mount of the same project. Operations are called as mfusepy calls them: paths like "/a/b", file handles
 as ints, open flags; errors surface as mfusepy's `FuseOSError` (an OSError whose errno is what
 the kernel would hand the process), which `fuse_op` in gemfs/errors.py makes of a GemfsError.
 
-The caller's pid (`fuse_get_context`) is this test process, so /proc lookups behave. The mount
+The caller's pid (`fuse_get_context`) is this test process, so /proc lookups behave; its command
+name (`procinfo.command`, which decides whether rsync's `.NAME.XXXXXX` is a held temp name) is
+`Driver.command` when a test sets one (`"rsync"`), else the real one. The mount
 point is an empty directory of the test's own, so no close looks like "the caller keeps another
 descriptor of this file open" unless a test says so with `holding(path)`, which opens a stand-in
-file at that path below it, as a process that keeps its descriptor open during fsync, or a shell
-that dup2()s a redirect and closes the first descriptor.
+file at that path below it for writing, as a process that keeps its descriptor open during fsync,
+or a shell that dup2()s a redirect and closes the first descriptor (procinfo.holds_for_writing
+counts only descriptors open for writing).
 """
 
 from __future__ import annotations
@@ -20,17 +25,22 @@ import errno
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import gemfs.fs as fs_module
+from gemfs import procinfo
+from gemfs.cache import ContentCache
 from gemfs.catalog import Catalog
 from gemfs.fs import GemFS
 from gemfs.staging import StagingArea
+from gemfs.state import StateStore
 from tests.fs.fake import DEFAULT_MAX_FILE_SIZE, DEFAULT_QUOTA, FakeClock, FakeRemote
 
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 CP_CHUNK = 128 * 1024  # cp writes in pieces of max(st_blksize, 128 KiB)
+CACHE_BYTES = 1 << 30  # the content cache's bound; tests stay far below it
 
 
 class Driver:
@@ -38,42 +48,75 @@ class Driver:
 
     def __init__(self, tmp: Path, *, quota: int = DEFAULT_QUOTA, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
                  show_meta: bool = False, list_ttl: float = float("inf"), remote: FakeRemote | None = None,
-                 clock: FakeClock | None = None, seed: int = 0) -> None:
+                 clock: FakeClock | None = None, seed: int = 0, cache_bytes: int = CACHE_BYTES,
+                 command: str | None = None) -> None:
         self.clock = clock or (remote.clock if remote else FakeClock())
         self.remote = remote or FakeRemote(self.clock, quota=quota, max_file_size=max_file_size, seed=seed)
+        self.fs: GemFS | None = None
         # An infinite TTL keeps refreshes out of background threads: a test that wants a new
         # listing calls relist(), which fetches in this thread.
-        self.catalog = Catalog(self.remote.list_all, ttl=list_ttl, clock=self.clock)
+        self.catalog = Catalog(self._listing, ttl=list_ttl, clock=self.clock)
         self.catalog.refresh_now()
         self.staging = StagingArea(str(tmp / "staging"), max_file_size=max_file_size,
                                    quota_left=lambda: quota - self.catalog.used_bytes())
-        self.fs = GemFS(self.remote, self.catalog, self.staging, quota=quota, show_meta=show_meta)
+        # The fake clock: expiry is judged against the expirationTime the fake wrote from it.
+        self.cache = ContentCache(str(tmp / "cache"), cache_bytes, clock=self.clock)
+        self.state = StateStore(str(tmp / "state"), clock=self.clock)
+        self.fs = GemFS(self.remote, self.catalog, self.staging, quota=quota, show_meta=show_meta,
+                        cache=self.cache if self.cache.enabled else None, state=self.state)
         self.mountpoint = os.path.realpath(tmp / "mnt")
         os.makedirs(self.mountpoint, exist_ok=True)
         self.fs.mountpoint = self.mountpoint
         self.pid = os.getpid()  # the caller FUSE names; a test may set another (a dying process)
+        self.command = command  # the caller's command name, when a test names one
         self._saved_context: list[tuple[Any, str, Any]] = []
         context = lambda: (os.getuid(), os.getgid(), self.pid)  # noqa: E731
-        for module in (fs_module,):
-            if hasattr(module, "fuse_get_context"):
-                self._saved_context.append((module, "fuse_get_context", module.fuse_get_context))
-                module.fuse_get_context = context
+        real_command = procinfo.command
+
+        def command_of(pid: int) -> str:
+            return self.command if self.command is not None and pid == self.pid else real_command(pid)
+
+        for module, name, value in ((fs_module, "fuse_get_context", context),
+                                    (procinfo, "command", command_of)):
+            self._saved_context.append((module, name, getattr(module, name)))
+            setattr(module, name, value)
+        self.recovered = self.fs.recover_held()  # as mount.py does before it mounts
+
+    def _listing(self) -> list:
+        """The catalog's listing, as mount.py wires it: a full listing also tells the cache and
+        the state store which Files are gone."""
+        started = time.time()
+        records = self.remote.list_all()
+        if self.fs is not None:
+            self.fs.reconcile(records, started)
+        return records
 
     def shutdown(self) -> None:
-        """Undo the patch and drop the staging directory (the files in it die with it)."""
-        for module, name, value in reversed(self._saved_context):
-            setattr(module, name, value)
-        self._saved_context.clear()
+        """Undo the patches and close the staging area, cache and state store (the staged files
+        die with the staging area)."""
+        self._unpatch()
         if self.staging is not None:  # not after crash()
             self.staging.close()
+            self.cache.close()
+            self.state.close()
+            self.staging = None  # type: ignore[assignment]
 
-    def crash(self) -> None:
-        """The daemon dies here: no unmount, nothing cleaned up. Its staging directory stays on
-        disk and its flock is let go, as the kernel does for a dead process."""
+    def _unpatch(self) -> None:
         for module, name, value in reversed(self._saved_context):
             setattr(module, name, value)
         self._saved_context.clear()
+
+    def crash(self) -> None:
+        """The daemon dies here: no unmount, nothing cleaned up. Its staging, cache and state
+        directories stay on disk as they are, and its flocks are let go, as the kernel does for a
+        dead process."""
+        self._unpatch()
         os.close(self.staging._lock_fd)
+        self.state._db.close()  # a dead process's connection: what it committed is on disk
+        os.close(self.state._lock_fd)
+        if self.cache.enabled:
+            self.cache._db.close()
+            os.close(self.cache._lock_fd)
         self.staging = None  # type: ignore[assignment]
 
     def __enter__(self) -> "Driver":
@@ -93,13 +136,13 @@ class Driver:
         return errno_of(lambda: self.call(op, *args))
 
     @contextlib.contextmanager
-    def holding(self, path: str):
-        """While inside, this process holds a descriptor whose /proc/self/fd link is the mount's
-        `path`, as the kernel would show a descriptor open on the mount (the stand-in file lives
+    def holding(self, path: str, *, write: bool = True):
+        """While inside, this process holds a descriptor (open for writing unless `write` is
+        False) whose /proc/self/fd link is the mount's `path`, as the kernel would show a descriptor open on the mount (the stand-in file lives
         in the otherwise empty directory that `fs.mountpoint` names)."""
         shadow = os.path.join(self.mountpoint, path.lstrip("/"))
         os.makedirs(os.path.dirname(shadow), exist_ok=True)
-        fd = os.open(shadow, os.O_RDONLY | os.O_CREAT, 0o600)
+        fd = os.open(shadow, (os.O_WRONLY if write else os.O_RDONLY) | os.O_CREAT, 0o600)
         try:
             yield
         finally:

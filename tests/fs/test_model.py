@@ -8,14 +8,17 @@ each step:
   (duplicates: 0, bytes lost: 0);
 - no File exists remotely under a name the model does not have (nothing a failed close or an
   unlink left behind).
-A close that is not the last one of its file may or may not upload (issue 9 item 7 wants one
-upload per file, when the last writer is done): until the last close, the bytes of such a close
-are "possible" for that path, not promised. So are the bytes of an upload whose answer was lost
+A close that is not the last one of its file may or may not upload (gemfs waits for the last
+writer when the closing process or an ancestor still holds the file open for writing; the
+driver's second handles are not in /proc, so here they upload): until the last close, the bytes of
+such a close are "possible" for that path, not promised. So are the bytes of an upload whose answer was lost
 after the server made the File (LostAnswerMachine): gemfs may report EIO or find its File; the
 invariants still allow at most one File for the name, holding promised or possible bytes.
 
-Outcomes the contract leaves open today and changes in issues 9 and 10 (mv or append of an own
-File: EPERM now, 0 later) are accepted either way, and the model follows what was returned.
+Every closed file of the model is a File this mount uploaded. The driver's content cache keeps
+its bytes (so `>>` and mv of it work like those of a local file, SEMANTICS.md "Own Files")
+unless its last close failed after an fsync had put up earlier bytes: the cache takes bytes at
+the last close only, so that File is like one uploaded elsewhere (`>>` and mv: EPERM).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class OpenFile:
     handles: list[int]
     content: bytearray = field(default_factory=bytearray)
     dirty: bool = True  # bytes not yet made durable by a close or fsync that returned 0
+    synced: bool = False  # an fsync of this open file returned 0: the model holds its bytes
 
 
 class FsMachine(RuleBasedStateMachine):
@@ -94,6 +98,9 @@ class FsMachine(RuleBasedStateMachine):
         self.orphans: list[int] = []  # handles of files unlinked while open
         self.local_dirs: set[str] = set()  # made with mkdir and not removed
         self.expires: dict[str, float] = {}  # path -> expirationTime of the File of its model bytes
+        # Paths whose model bytes this machine has no copy of: an fsync put them up, and the last
+        # close, which hands the staged bytes to the content cache, failed with newer bytes.
+        self.uncached: set[str] = set()
         self.fault: str | None = None  # the upload fault armed and not fired: "before", "after"
 
     def teardown(self) -> None:
@@ -136,11 +143,13 @@ class FsMachine(RuleBasedStateMachine):
         self.model[path] = data
         self.expires[path] = self.expiry(path, data)
         self.maybe.pop(path, None)
+        self.uncached.discard(path)
 
     def forget(self, path: str) -> None:
         self.model.pop(path, None)
         self.maybe.pop(path, None)
         self.expires.pop(path, None)
+        self.uncached.discard(path)
 
     def settle(self, path: str, data: bytes, before: int, result: int, *, expect_upload: bool) -> bool:
         """Check the errno and upload count of a step that may upload `data` under `path`;
@@ -190,7 +199,11 @@ class FsMachine(RuleBasedStateMachine):
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}.{suffix}"
         before = self.drv.remote.count("upload")
-        assert self.drv.write_file(temp, data) == 0
+        self.drv.command = "rsync"  # `.NAME.XXXXXX` is a held temp name only when rsync makes it
+        try:
+            assert self.drv.write_file(temp, data) == 0
+        finally:
+            self.drv.command = None
         assert self.drv.remote.count("upload") == before
         assert self.drv.stat(temp)["st_size"] == len(data)
         result = self.drv.mv(temp, path)
@@ -218,23 +231,18 @@ class FsMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.closed_files())
     @rule(choice=picks, data=st.binary(min_size=1, max_size=32))
     def append_by_reopen(self, choice: int, data: bytes) -> None:
-        """`>>` on a closed file: EPERM today (no bytes to append to); issue 9 item 2 makes it
-        work for a File this mount uploaded. Either is accepted; the model follows."""
+        """`>>` on a closed file: its cached bytes are copied into staging and the close uploads
+        the whole, then retires the old File. Without them the open works, the write is EPERM."""
         path = pick(self.closed_files(), choice)
         old = self.model[path]
         before = self.drv.remote.count("upload")
-        try:
-            fh = self.drv.open(path, os.O_WRONLY | os.O_APPEND)
-        except OSError as e:
-            assert e.errno == errno.EPERM, errno.errorcode.get(e.errno)
-            return
-        try:
-            self.drv.write(fh, data, len(old), path)
-        except OSError as e:
-            assert e.errno == errno.EPERM, errno.errorcode.get(e.errno)
-            self.drv.close(path, fh)
+        fh = self.drv.open(path, os.O_WRONLY | os.O_APPEND)
+        if path in self.uncached:
+            assert self.drv.err("write", path, data, len(old), fh) == errno.EPERM
+            assert self.drv.close(path, fh) == 0
             assert self.drv.remote.count("upload") == before
             return
+        assert self.drv.write(fh, data, len(old), path) == len(data)
         result = self.drv.close(path, fh)
         if self.settle(path, old + data, before, result, expect_upload=True):
             self.promise(path, old + data)
@@ -273,15 +281,16 @@ class FsMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.closed_files())
     @rule(choice=picks, dst=paths)
     def rename(self, choice: int, dst: str) -> None:
-        """mv of a closed file: EPERM today (the API has no rename); issue 9 item 2 makes it an
-        upload under the new name and a delete of the old one for a File this mount uploaded."""
+        """mv of a closed file: an upload of its cached bytes under the new name, then a delete of
+        the old File (the API has no rename); EPERM without them."""
         src = pick(self.closed_files(), choice)
         if src == dst or dst in self.opened:
             return
         self.mkdir_p(dst)
         before = self.drv.remote.count("upload")
         result = self.drv.mv(src, dst)
-        if result == errno.EPERM:
+        if src in self.uncached:
+            assert result == errno.EPERM, errno.errorcode.get(result, result)
             assert self.drv.remote.count("upload") == before
             return
         if self.settle(dst, self.model[src], before, result, expect_upload=True):
@@ -351,6 +360,7 @@ class FsMachine(RuleBasedStateMachine):
         if self.settle(path, bytes(f.content), before, result, expect_upload=f.dirty):
             if f.dirty or path in self.model:  # not when its File has expired since
                 self.promise(path, bytes(f.content))
+                f.synced = True
             f.dirty = False
 
     @precondition(lambda self: self.opened)
@@ -380,6 +390,8 @@ class FsMachine(RuleBasedStateMachine):
         if self.settle(path, content, before, result, expect_upload=f.dirty):
             if f.dirty or path in self.maybe:
                 self.promise(path, content)
+        elif f.synced and path in self.model:
+            self.uncached.add(path)  # the fsync'd File stays; its bytes were never cached
 
     @precondition(lambda self: self.opened)
     @rule(choice=picks, dst=paths)
@@ -472,6 +484,7 @@ class FsMachine(RuleBasedStateMachine):
             if at <= now:  # the File expired: gone from the service and from the mount
                 self.model.pop(path)
                 self.expires.pop(path)
+                self.uncached.discard(path)
         for path, versions in list(self.maybe.items()):
             for data, at in list(versions.items()):
                 if at <= now:

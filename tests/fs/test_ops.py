@@ -12,6 +12,8 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import time
 
 import pytest
 
@@ -182,6 +184,38 @@ def test_flush_while_the_caller_holds_another_descriptor_does_not_upload(drv: Dr
     assert drv.remote.data("loop.txt") == b"line\n"
 
 
+def test_flush_by_a_child_while_its_parent_holds_the_file_does_not_upload(drv: Driver):
+    """`for ...; do date; done > f`: each child inherits the shell's descriptor and closes its
+    copy; only the shell's close is the last writer's (procinfo.holds_for_writing walks the
+    closing process's ancestors)."""
+    fh = drv.open("/loop.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    drv.write(fh, b"line\n")
+    child = subprocess.Popen(["sleep", "600"])  # its parent, this process, is the shell
+    try:
+        with drv.holding("/loop.txt"):
+            drv.pid = child.pid
+            assert drv.flush("/loop.txt", fh) == 0
+            assert drv.remote.count("upload") == 0
+            drv.pid = os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+    assert drv.close("/loop.txt", fh) == 0
+    assert drv.remote.count("upload") == 1
+    assert drv.remote.data("loop.txt") == b"line\n"
+
+
+def test_a_reader_holding_the_file_does_not_delay_the_upload(drv: Driver):
+    """Only writers count as "another descriptor": a reader's close never uploads, so waiting
+    for it would upload nothing at all (procinfo.holds_for_writing)."""
+    fh = drv.open("/seen.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    drv.write(fh, b"data")
+    with drv.holding("/seen.txt", write=False):  # a thumbnailer, `tail -f`
+        assert drv.close("/seen.txt", fh) == 0
+        assert drv.remote.data("seen.txt") == b"data"
+    assert drv.remote.count("upload") == 1
+
+
 def test_close_by_a_process_that_exits_normally_uploads(drv: Driver):
     """A process that exits without closing: the kernel closes its descriptors on the way out."""
     fh = drv.open("/a.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -230,8 +264,13 @@ def test_overwrite_whose_upload_fails_shows_the_old_file_again(drv: Driver):
 # -- temp names held until rename ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("temp", [".a.txt.Xy12Z9", ".goutputstream-QW3RT1"])
-def test_temp_name_is_held_and_uploaded_once_by_the_rename(drv: Driver, temp: str):
+RSYNC_TEMP = "/.a.txt.Xy12Z9"  # rsync's `.NAME.XXXXXX`: held only when rsync itself makes it
+
+
+@pytest.mark.parametrize("temp, command", [(".a.txt.Xy12Z9", "rsync"), (".goutputstream-QW3RT1", None),
+                                           ("tmp.Ab3De6Gh9K", None)])
+def test_temp_name_is_held_and_uploaded_once_by_the_rename(drv: Driver, temp: str, command: str | None):
+    drv.command = command
     assert drv.write_file("/" + temp, b"content") == 0
     assert drv.remote.count("upload") == 0
     assert drv.ls("/")[temp]["st_size"] == 7  # visible while held
@@ -241,17 +280,30 @@ def test_temp_name_is_held_and_uploaded_once_by_the_rename(drv: Driver, temp: st
     assert names(drv.ls("/")) == {"a.txt"}
 
 
+def test_rsync_shaped_name_made_by_another_command_is_uploaded_at_close(drv: Driver):
+    drv.command = "python3"
+    assert drv.write_file(RSYNC_TEMP, b"content") == 0
+    assert [u.target for u in drv.remote.ops("upload")] == [RSYNC_TEMP[1:]]
+    mark = drv.remote.mark()
+    assert drv.mv(RSYNC_TEMP, "/a.txt") == 0  # any closed file can be renamed: one upload, one delete
+    assert [r.op for r in drv.remote.since(mark)] == ["upload", "delete"]
+    assert drv.remote.data("a.txt") == b"content"
+    assert names(drv.ls("/")) == {"a.txt"}
+
+
 def test_temp_renamed_over_a_file_replaces_it(drv: Driver):
     assert drv.write_file("/a.txt", b"old") == 0
     old_id = drv.remote.named("a.txt")[0].record.id
-    assert drv.write_file("/.a.txt.Xy12Z9", b"new") == 0
+    drv.command = "rsync"
+    assert drv.write_file(RSYNC_TEMP, b"new") == 0
     mark = drv.remote.mark()
-    assert drv.mv("/.a.txt.Xy12Z9", "/a.txt") == 0
+    assert drv.mv(RSYNC_TEMP, "/a.txt") == 0
     assert [(r.op, r.target) for r in drv.remote.since(mark)] == [("upload", "a.txt"), ("delete", old_id)]
     assert drv.remote.data("a.txt") == b"new"
 
 
 def test_rename_of_held_temp_returns_the_upload_error(drv: Driver):
+    drv.command = "rsync"
     assert drv.write_file("/.a.txt.Xy12Z9", b"content") == 0
     drv.remote.fail_next("upload", errno.EDQUOT)
     assert drv.mv("/.a.txt.Xy12Z9", "/a.txt") == errno.EDQUOT
@@ -259,6 +311,7 @@ def test_rename_of_held_temp_returns_the_upload_error(drv: Driver):
 
 
 def test_unlinked_temp_is_never_uploaded(drv: Driver):
+    drv.command = "rsync"
     assert drv.write_file("/.a.txt.Xy12Z9", b"content") == 0
     assert drv.rm("/.a.txt.Xy12Z9") == 0
     drv.unmount()
@@ -268,6 +321,7 @@ def test_unlinked_temp_is_never_uploaded(drv: Driver):
 
 
 def test_temp_never_renamed_is_uploaded_under_its_name_at_unmount(drv: Driver):
+    drv.command = "rsync"
     assert drv.write_file("/.a.txt.Xy12Z9", b"content") == 0
     assert drv.remote.count("upload") == 0
     drv.unmount()
@@ -448,13 +502,20 @@ def test_rmdir_of_a_directory_with_a_file_being_written_is_enotempty(drv: Driver
     assert drv.close("/d/f", fh) == 0
 
 
-def test_directory_of_remote_files_goes_with_its_last_file(drv: Driver):
+def test_directory_emptied_by_this_mounts_deletes_stays_until_rmdir(drv: Driver):
+    """SEMANTICS.md, Names: a folder left empty by this mount's own deletes stays as a local
+    folder, so `rm -r` (unlink each file, then rmdir) works on any folder the mount shows."""
     drv.remote.add_file("r/x.txt", b"x")
     drv.relist()
     assert drv.mkdir("/r") == errno.EEXIST
     assert drv.rmdir("/r") == errno.ENOTEMPTY
     assert drv.rm("/r/x.txt") == 0
+    assert "r" in drv.ls("/")
+    drv.relist()  # the listing has no folder r any more; this mount still shows it
+    assert drv.ls("/r") == {}
+    assert drv.rmdir("/r") == 0
     assert "r" not in drv.ls("/")
+    assert drv.remote.count("delete") == 1
 
 
 def test_mv_of_an_empty_local_directory(drv: Driver):
@@ -483,11 +544,25 @@ def test_links_and_device_nodes_are_eperm(drv: Driver):
     assert drv.err("mknod", "/fifo", stat.S_IFIFO | 0o644, 0) == errno.EPERM
 
 
-def test_mtime_is_update_time(drv: Driver):
+def test_mtime_of_another_clients_file_is_update_time(drv: Driver):
+    record = drv.remote.add_file("a.txt", b"x")
+    drv.relist()
+    assert drv.stat("/a.txt")["st_mtime"] == int(record.update_time * 1e9)
+    assert drv.stat("/a.txt")["st_ctime"] == int(record.update_time * 1e9)
+
+
+def test_mtime_of_an_own_file_is_when_this_mount_wrote_it(drv: Driver):
+    """SEMANTICS.md, mtime: the time this mount wrote the file, kept per File id, so it does
+    not jump to the (fake, here far-off) updateTime when the listing comes in."""
+    before = time.time_ns()
     assert drv.write_file("/a.txt", b"x") == 0
+    after = time.time_ns()
     record = drv.remote.named("a.txt")[0].record
-    attrs = drv.stat("/a.txt")
-    assert attrs["st_mtime"] == int(record.update_time * 1e9)
+    mtime = drv.stat("/a.txt")["st_mtime"]
+    assert before <= mtime <= after
+    assert drv.stat("/a.txt")["st_ctime"] == int(record.update_time * 1e9)
+    drv.relist()
+    assert drv.stat("/a.txt")["st_mtime"] == mtime
 
 
 def test_names_must_be_utf8(drv: Driver):
@@ -507,7 +582,8 @@ def test_statfs_counts_quota_listed_and_staged_bytes(make_driver):
     assert (st["f_bsize"], st["f_frsize"], st["f_namemax"]) == (4096, 4096, 255)
     assert st["f_blocks"] == quota // 4096
     assert st["f_bfree"] == st["f_bavail"] == (quota - 40_960 - 8_192) // 4096
-    assert st["f_files"] == 1
+    assert st["f_files"] == 1 + 2**20  # df -i: the one listed File used, 2^20 free
+    assert st["f_ffree"] == st["f_favail"] == 2**20
     assert drv.close("/s.bin", fh) == 0
     assert drv.call("statfs", "/")["f_bfree"] == (quota - 40_960 - 8_192) // 4096  # now listed
 
