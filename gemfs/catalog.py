@@ -199,7 +199,10 @@ class Tree:
     Not thread-safe: the Catalog reads and edits its tree only under its lock."""
 
     def __init__(self, records: Iterable[FileRecord],
-                 local_dirs: Mapping[Path, float] | Iterable[Path]) -> None:
+                 local_dirs: Mapping[Path, float] | Iterable[Path],
+                 superseded: frozenset[str] = frozenset()) -> None:
+        """`superseded`: Files this mount replaced but could not delete; a name they share
+        goes to the File that replaced them, not to the oldest."""
         self.dirs: dict[Path, dict[str, Node]] = {(): {}}
         self.paths: dict[str, Path] = {}  # file id -> its local path
         self.used = 0  # the sizes of all its Files (the quota check reads it on every write)
@@ -218,7 +221,7 @@ class Tree:
             self._add_dir(path[:-1])
         plain: dict[Path, list[FileRecord]] = {}
         for path, group in wanted.items():
-            group.sort(key=lambda r: (r.create_time, r.id))
+            group.sort(key=lambda r: (r.id in superseded, r.create_time, r.id))
             parent, name = path[:-1], path[-1]
             first = 0 if (parent + (name,)) not in self.dirs else None
             for i, record in enumerate(group):
@@ -435,6 +438,7 @@ class Catalog:
         self._tree: Tree | None = None  # guarded by _lock: derived, None when stale
         self._tree_until = float("inf")  # guarded by _lock: next expiry in the tree
         self._gen = 0  # guarded by _lock: bumped by every change to what the tree derives from
+        self._superseded: set[str] = set()  # guarded by _lock: see mark_superseded
         self._refreshing = False  # guarded by _lock
         self._next_try = 0.0  # guarded by _lock: no refresh before this after a failure
         self._last_error: Exception | None = None  # guarded by _lock
@@ -550,6 +554,14 @@ class Catalog:
             if self._tree is not None and not self._tree.try_remove(file_id):
                 self._tree = None
 
+    def mark_superseded(self, file_id: str) -> None:
+        """A File this mount replaced (an overwrite) but could not delete: it stays listed, under
+        `NAME~id`, and the name shows the File that replaced it."""
+        with self._lock:
+            self._gen += 1
+            self._superseded.add(file_id)
+            self._tree = None
+
     def add_dir(self, path: Path) -> None:
         with self._lock:
             self._gen += 1
@@ -628,7 +640,8 @@ class Catalog:
                 if tree is not None:
                     return read(tree)
                 gen, live, local = self._gen, self._live(now), dict(self._local_dirs)
-            tree = Tree(live, local)  # O(all Files): outside _lock, readers of a tree go on
+                superseded = frozenset(self._superseded)
+            tree = Tree(live, local, superseded)  # O(all Files): outside _lock, readers of a tree go on
             until = min((r.expiration_time for r in live if r.expiration_time),
                         default=float("inf"))
             with self._lock:

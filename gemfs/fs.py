@@ -31,6 +31,7 @@ file's own upload; the deletes of the Files it retires come after the lock is re
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import logging
 import os
@@ -214,6 +215,9 @@ class GemFS(Operations):
         self._hidden: dict[Path, dict] = {}
         self._draining = False  # mount lock
         self._recent: dict[str, float] = {}  # mount lock: File id -> when this mount uploaded it
+        # mount lock: display name -> (size, sha256 hex, when on self._clock) of uploads whose
+        # failure left open whether the server made the File (_doubt)
+        self._doubtful: dict[str, list[tuple[int, str, float]]] = {}
         self._fresh_lock = threading.Lock()  # guards _fresh and _fetching
         self._fresh: cachetools.TTLCache = cachetools.TTLCache(4096, FRESH_SECONDS, timer=clock)
         self._fetching: dict[str, threading.Event] = {}
@@ -947,6 +951,8 @@ class GemFS(Operations):
                     log.warning("%s: no room in the quota for the new version next to the old "
                                 "one (%d bytes); an overwrite needs both until it is done",
                                 display, size)
+                elif e.errno == errno.EIO:
+                    self._doubt(display, p.staged.fd, size)
                 raise
             finally:
                 with self._lock:
@@ -968,8 +974,47 @@ class GemFS(Operations):
             if old.id != record.id:
                 self._delete_remote(old, quiet=True)
         self._release_hold(p)
+        self._settle_doubts(display, record)
         if self.wait_active:
             self._wait_active(record)
+
+    def _doubt(self, display: str, fd: int, size: int) -> None:
+        """An upload failed in a way that leaves open whether the server made its File (every
+        answer lost until the deadline): remember what it would hold, so the next upload of the
+        same name can delete that File if it exists. The close reported the failure, so such a
+        File is not one the user knows of, and two Files of one name would be a duplicate."""
+        digest = hashlib.sha256()
+        for offset in range(0, size, IO_BLOCK * 8):
+            digest.update(os.pread(fd, min(IO_BLOCK * 8, size - offset), offset))
+        with self._lock:
+            self._doubtful.setdefault(display, []).append((size, digest.hexdigest(), self._clock()))
+
+    def _settle_doubts(self, display: str, record: FileRecord) -> None:
+        """After a successful upload of `display`: delete the Files that earlier failed uploads of
+        that name made after all (same name, size and SHA-256, made since the attempt began:
+        measured back from the new File's createTime, so the two machines' clocks never meet)."""
+        with self._lock:
+            doubts = self._doubtful.pop(display, None)
+        if not doubts:
+            return
+        try:
+            listing = self.remote.list_all()
+        except GemfsError as e:
+            log.warning("could not look for Files of failed uploads of %s: %s", display, e)
+            with self._lock:
+                self._doubtful.setdefault(display, []).extend(doubts)
+            return
+        now = self._clock()
+        for other in listing:
+            if other.id == record.id or other.display_name != display:
+                continue
+            sha = hex_from_api(other.api.get("sha256Hash"))
+            if any(other.size == size and sha == digest
+                   and record.create_time - (now - started) - 60 <= other.create_time <= record.create_time
+                   for size, digest, started in doubts):
+                log.info("deleting %s: the File of an upload of %s that seemed to fail",
+                         other.name, display)
+                self._delete_remote(other, quiet=True)
 
     def _journal(self, p: Pending, parts: Path) -> None:
         """Make a held file durable (caller holds p.lock): its bytes move into the state store's
@@ -1056,8 +1101,10 @@ class GemFS(Operations):
             if not quiet:
                 raise
             # The new bytes are whole; failing the close for the old File would tell the user
-            # their write failed. The old File stays listed (as NAME~id) until it expires.
+            # their write failed. The old File stays listed as NAME~id until it expires; the
+            # name shows the new one.
             log.error("could not delete the replaced File %s: %s", record.name, e)
+            self.catalog.mark_superseded(record.id)
             return
         self.catalog.mark_deleted(record.id)
         if self.cache is not None:

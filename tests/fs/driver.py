@@ -63,7 +63,8 @@ class Driver:
         self.cache = ContentCache(str(tmp / "cache"), cache_bytes, clock=self.clock)
         self.state = StateStore(str(tmp / "state"), clock=self.clock)
         self.fs = GemFS(self.remote, self.catalog, self.staging, quota=quota, show_meta=show_meta,
-                        cache=self.cache if self.cache.enabled else None, state=self.state)
+                        cache=self.cache if self.cache.enabled else None, state=self.state,
+                        clock=self.clock)
         self.mountpoint = os.path.realpath(tmp / "mnt")
         os.makedirs(self.mountpoint, exist_ok=True)
         self.fs.mountpoint = self.mountpoint
