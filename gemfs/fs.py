@@ -127,6 +127,8 @@ class Pending:
     unlinked: bool = False  # mount lock: removed from the tree; never uploaded again
     hold: int | None = None  # file lock: its row in the state store's held journal (durable)
     settling: bool = False  # mount lock: its last handle is gone and its bytes are being settled
+    failed: bool = False  # file lock: its last upload failed, and a close or fsync said so
+    closed_by: int = 0  # mount lock: the process whose close (FLUSH) came last
     # One int, read without a lock. Nanoseconds, as utimens hands them: a float of seconds
     # keeps only ~256 ns at today's epoch, and rsync compares what it set with what it reads.
     mtime_ns: int = field(default_factory=time.time_ns)
@@ -842,6 +844,8 @@ class GemFS(Operations):
         if not isinstance(obj, Pending) or obj.kind == "local" or not (obj.dirty or obj.error):
             return 0  # (dirty and kind are hints here; _upload reads them under the lock)
         pid = _caller()
+        with self._lock:
+            obj.closed_by = procinfo.process_of(pid) if pid > 0 else 0
         if pid > 0 and procinfo.dying_of_signal(pid):
             # A writer killed half-way (cp on SIGTERM/SIGINT): its bytes are not what it meant
             # to write, so they are never published.
@@ -859,11 +863,14 @@ class GemFS(Operations):
     def _another_writer(self, p: Pending, pid: int) -> bool:
         """Does the closing process, or one it inherited the descriptor from, still hold this file
         open for writing? (procinfo.holds_for_writing)"""
+        with self._lock:
+            path = p.path
+        return self._held_for_writing(pid, path)
+
+    def _held_for_writing(self, pid: int, path: Path) -> bool:
         if pid <= 0 or not self.mountpoint:
             return False
-        with self._lock:
-            target = os.path.join(self.mountpoint, *p.path)
-        return procinfo.holds_for_writing(pid, target)
+        return procinfo.holds_for_writing(pid, os.path.join(self.mountpoint, *path))
 
     @fuse_op
     def fsync(self, path: str, datasync: int, fh: int) -> int:
@@ -896,8 +903,15 @@ class GemFS(Operations):
                 if p.handles:
                     return  # opened again meanwhile
                 p.settling = True
-            if p.dirty and p.error is None and not p.unlinked:
-                log.warning("%s: closed without being uploaded", "/".join(p.path))
+            if p.dirty and p.error is None and not p.failed and not p.unlinked and p.kind == "upload":
+                # No close uploaded it (a race this code does not know of): never lose it. It is
+                # held like a temp file, durable, and goes up at unmount or the next mount.
+                log.warning("%s: closed without being uploaded; held, to go up at unmount",
+                            "/".join(p.path))
+                with self._lock:
+                    p.kind, p.settling = "held", False
+                self._journal(p, p.path)
+                return
             kept = False
             if (not p.dirty and not p.unlinked and p.uploaded is not None and p.digest
                     and self.cache is not None and not p.base_missing):
@@ -947,6 +961,7 @@ class GemFS(Operations):
             try:
                 result = self.remote.upload_verified(p.staged.fd, size, display, mime_type, advance)
             except GemfsError as e:
+                p.failed = True
                 if e.errno == errno.EDQUOT and p.replaces:
                     log.warning("%s: no room in the quota for the new version next to the old "
                                 "one (%d bytes); an overwrite needs both until it is done",
@@ -958,6 +973,7 @@ class GemFS(Operations):
                 with self._lock:
                     self._uploads.pop(id(p), None)
             record = result.record
+            p.failed = False
             if p.hold is not None and self.state is not None:
                 self.state.update_hold(p.hold, uploaded_id=record.id)
             p.dirty = False
@@ -1196,11 +1212,18 @@ class GemFS(Operations):
             return self._rename_file(node.record, src, dst, target)
         if isinstance(target, DirNode):
             raise GemfsError(errno.EISDIR)
-        kind = self._kind_of(dst[-1], _caller())
+        pid = _caller()
+        kind = self._kind_of(dst[-1], pid)
+        # A writer closes (FLUSH) before it renames, but the kernel's RELEASE of its handle may
+        # come after the rename: the handles of a file that the renaming process itself closed
+        # last, and no longer holds for writing, are on their way out.
+        me = procinfo.process_of(pid) if pid > 0 else -1
+        src_written = self._held_for_writing(pid, src)
+        dst_written = self._held_for_writing(pid, dst)
         with self._lock:
             other = self._pending.get(dst)
             if other is not None and other is not pending:
-                if other.handles:
+                if other.handles and (other.closed_by != me or dst_written):
                     raise GemfsError(errno.ETXTBSY, "target is being written")
                 del self._pending[dst]
             if self._pending.get(src) is pending:
@@ -1208,7 +1231,7 @@ class GemFS(Operations):
             old_kind = pending.kind
             pending.path, pending.kind = dst, kind
             self._pending[dst] = pending
-            idle = pending.handles == 0
+            idle = pending.handles == 0 or (pending.closed_by == me and not src_written)
         if other is not None and other is not pending:
             with other.lock:
                 other.staged.discard()

@@ -74,7 +74,7 @@ def _parent(pid: int) -> int:
         return 0
 
 
-def _thread_group(pid: int) -> int:
+def process_of(pid: int) -> int:
     """The process (thread group) id of task `pid`: FUSE names the calling thread."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -97,7 +97,7 @@ def holds_for_writing(pid: int, target: str, *, max_depth: int = 16) -> bool:
     never uploads, so waiting for them would upload nothing at all.
     """
     seen: set[int] = set()
-    current = _thread_group(pid)
+    current = process_of(pid)
     for _ in range(max_depth):
         if current <= 1 or current in seen:
             return False
@@ -123,7 +123,7 @@ def reads_named(pid: int, name: str, *, outside: str = "") -> bool:
     def wanted(path: str) -> bool:
         return os.path.basename(path) == name and not (inside and path.startswith(inside))
 
-    return any(reading for _, reading in _open_files(_thread_group(pid), wanted))
+    return any(reading for _, reading in _open_files(process_of(pid), wanted))
 
 
 def _open_files(pid: int, wanted):

@@ -631,3 +631,27 @@ def test_server_side_quota_refusal_reaches_close(make_driver):
     assert [(r.target, r.outcome) for r in drv.remote.ops("upload")] == [("a.bin", "refused")]
     assert drv.remote.named("a.bin") == []
     assert "a.bin" not in drv.ls("/")
+
+
+def test_a_rename_before_the_kernel_releases_the_closed_temp_file_uploads_it(drv: Driver):
+    """rsync and GIO close their temp file and rename it at once; the kernel's RELEASE of the
+    handle may come after the RENAME. The rename by the process that closed it uploads it."""
+    fh = drv.open("/.goutputstream-RACE01", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    drv.write(fh, b"raced", 0, "/.goutputstream-RACE01")
+    assert drv.flush("/.goutputstream-RACE01", fh) == 0  # close(2) returned; RELEASE not yet
+    assert drv.mv("/.goutputstream-RACE01", "/final.txt") == 0
+    assert drv.remote.data("final.txt") == b"raced"
+    drv.release("/final.txt", fh)
+    assert drv.remote.count("upload") == 1
+    assert set(drv.ls("/")) == {"final.txt"}
+
+
+def test_an_open_file_renamed_by_another_process_stays_local_until_its_close(drv: Driver):
+    fh = drv.open("/a.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    drv.write(fh, b"still writing", 0, "/a.txt")
+    drv.pid = os.getppid()  # not the process that has it open, and it never closed it
+    assert drv.mv("/a.txt", "/b.txt") == 0
+    assert drv.remote.count("upload") == 0
+    drv.pid = os.getpid()
+    assert drv.close("/b.txt", fh) == 0
+    assert drv.remote.data("b.txt") == b"still writing"
