@@ -351,11 +351,19 @@ class Uploader:
         self._on_request()
         log.debug("api %s (%s)", op, label)
         try:
-            return self._http.post(url, headers=headers, content=body)
+            resp = self._http.post(url, headers=headers, content=body)
         except httpx.TransportError as exc:
             # httpx's words can name the URL; keep only the kind of failure and a redacted text.
             raise _Fault(ApiFailure(0, "", f"{type(exc).__name__}: {redact(str(exc))}", op=op,
                                     retryable=True)) from None
+        # httpx's Request and Response refer to each other, so the chunk they hold would wait
+        # for the cyclic garbage collector: up to ~9 chunks (72 MiB) alive at once, and a daemon
+        # peak of 320 MB for a 1 GiB upload. Let the request drop the chunk now.
+        stream = resp.request.stream
+        if isinstance(stream, httpx.ByteStream):
+            stream._stream = b""  # httpcore refers to this very object
+        resp.request._content = b""
+        return resp
 
     @staticmethod
     def _failure(resp: httpx.Response, op: str) -> ApiFailure:
