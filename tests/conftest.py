@@ -19,21 +19,26 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield srv
 
 
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Starts servers with extra options: `server_factory(args=["--file-ttl", "5"])`. Each
-    call gets its own data directory; all are stopped (and must exit 0) at teardown."""
-    started: list[ServerProcess] = []
+def servers(tmp_path: Path, cls: type) -> Iterator[Callable[..., object]]:
+    """The body of every server factory fixture: `make(args=[...], **kwargs)` starts a `cls`
+    (ServerProcess or InProcessServer) on its own data directory; all are stopped (and a
+    process must exit 0) at teardown."""
+    started: list = []
 
-    def make(*, args: list[str] | tuple[str, ...] = (), **kwargs: object) -> ServerProcess:
-        data_dir = tmp_path / f"server{len(started)}"
-        srv = ServerProcess(data_dir, args=args, **kwargs)  # type: ignore[arg-type]
+    def make(*, args: list[str] | tuple[str, ...] = (), **kwargs: object):
+        srv = cls(tmp_path / f"server{len(started)}", args=args, **kwargs)
         started.append(srv)
         return srv.start()
 
     yield make
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts servers with extra options: `server_factory(args=["--file-ttl", "5"])`."""
+    yield from servers(tmp_path, ServerProcess)
 
 
 @pytest.fixture

@@ -21,15 +21,7 @@ from tests.helpers import REPO_ROOT, ServerProcess, wait_for
 LINE_RE = re.compile(r"gemfs serve: listening on http://127\.0\.0\.1:(\d+)\n")
 
 
-@pytest.fixture
-def server(server_process: ServerProcess) -> ServerProcess:
-    """A `gemfs serve` subprocess: the CLI, ports, signals and logs belong to a process."""
-    return server_process
-
-
-@pytest.fixture
-def server_factory(process_factory):
-    return process_factory
+REAL_PROCESS = True  # the CLI, ports, signals and logs belong to a process (tests/server/conftest.py)
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:

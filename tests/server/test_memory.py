@@ -8,7 +8,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import KEY_A
 from tests.helpers import ServerProcess
@@ -17,15 +16,7 @@ GIB = 1024**3
 RSS_LIMIT = 150 * 10**6
 
 
-@pytest.fixture
-def server(server_process: ServerProcess) -> ServerProcess:
-    """A `gemfs serve` subprocess: memory is measured on a real process."""
-    return server_process
-
-
-@pytest.fixture
-def server_factory(process_factory):
-    return process_factory
+REAL_PROCESS = True  # memory is measured on a real process (tests/server/conftest.py)
 
 
 def sha256_of_zeros(n: int) -> str:

@@ -18,15 +18,7 @@ from tests.server.rawhttp import send_chunk, start_upload, upload_command
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def server(server_process: ServerProcess) -> ServerProcess:
-    """A `gemfs serve` subprocess: restarts and kills are those of a real process."""
-    return server_process
-
-
-@pytest.fixture
-def server_factory(process_factory):
-    return process_factory
+REAL_PROCESS = True  # restarts and kills are those of a real process (tests/server/conftest.py)
 
 
 def rebase(upload_url: str, server: ServerProcess) -> str:
