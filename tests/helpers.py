@@ -34,6 +34,22 @@ DEFAULT_KEYS = ("key-a", "key-b")
 ADMIN = "/_gemfs/admin"
 
 
+class FakeTime:
+    """A monotonic clock that moves only when the code under test sleeps (or a test moves
+    `now`): pass `clock` and `sleep` to what takes them, and read `sleeps` afterwards."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def wait_for(
     condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> T:

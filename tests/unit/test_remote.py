@@ -10,19 +10,7 @@ from google.genai import errors as genai_errors
 
 from gemfs.errors import GemfsError
 from gemfs.remote import Remote
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 50.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.helpers import FakeTime
 
 
 @pytest.fixture

@@ -28,26 +28,12 @@ from gemfs.server import wire
 from gemfs.server.app import create_app
 from gemfs.server.config import ServerConfig
 from gemfs.server.store import Clock, Limits, Store
+from tests.helpers import FakeTime
 
 KEY = "upload-test-key"
 GRANULE = 64 * 1024
 CHUNK = 4 * GRANULE  # the Remote's preferred chunk: four of the server's granules
 SIZE = 5 * CHUNK + 1234  # six chunks, the last one short
-
-
-class FakeTime:
-    """A monotonic clock that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass
