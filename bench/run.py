@@ -284,7 +284,10 @@ def sigint_deferred() -> Iterator[None]:
 
 
 class BenchServer(ServerProcess):
-    """`gemfs serve --admin` with the benchmark's one key (tests/helpers.py does the work)."""
+    """`gemfs serve --admin` with the benchmark's one key (tests/helpers.py does the work), as a
+    real `python -m gemfs serve` process: the benchmark measures it."""
+
+    fork_by_default = False
 
     def __init__(self, data_dir: Path, latency_ms: int = 0) -> None:
         args = ["--latency-ms", str(latency_ms)] if latency_ms else []

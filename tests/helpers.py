@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 
 from gemfs import registry
+from tests import launcher
 
 T = TypeVar("T")
 
@@ -150,9 +151,12 @@ class ServerProcess:
     """`python -m gemfs serve --port 0 --data DATA_DIR --admin ...` for one test.
 
     Keys go through `--api-key-file` (written next to the data directory), stderr to a log file
-    next to it. `restart()` keeps the data directory and asks for the same port again; if that
+    next to it. Forked from a warm interpreter (tests/launcher.py) unless `fork=False`.
+    `restart()` keeps the data directory and asks for the same port again; if that
     port was taken meanwhile the server comes back on a new one and `.url` changes.
     """
+
+    fork_by_default = True
 
     def __init__(
         self,
@@ -162,8 +166,12 @@ class ServerProcess:
         args: Iterable[str] = (),
         admin: bool = True,
         startup_timeout: float = 30.0,
+        fork: bool | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # forked from a warm interpreter (tests/launcher.py) unless told otherwise or the class
+        # says so (bench/run.py's server is a real exec: it measures the process)
+        self.fork = launcher.forking() and (self.fork_by_default if fork is None else fork)
         self.keys = tuple(keys)
         self.args = list(args)
         self.admin_enabled = admin
@@ -199,17 +207,42 @@ class ServerProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.keys:
             self.key_file.write_text("".join(k + "\n" for k in self.keys))
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(port),
-                stdout=subprocess.PIPE,
-                stderr=log,
-                cwd=REPO_ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.url = self._await_listening_line()
+        if self.fork:
+            # Forked from a warm interpreter (tests/launcher.py); stdout is a file the listening
+            # line is read from.
+            out = self.log_file.with_suffix(".out")
+            out.write_bytes(b"")
+            self.proc = launcher.spawn(self.command(port)[3:], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                       stdout=out, stderr=self.log_file)
+            self.url = self._await_listening_in(out)
+        else:
+            with open(self.log_file, "ab") as log:
+                self.proc = subprocess.Popen(
+                    self.command(port),
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    cwd=REPO_ROOT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            self.url = self._await_listening_line()
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
+
+    def _await_listening_in(self, out: Path) -> str:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            for line in out.read_text(errors="replace").splitlines():
+                m = LISTENING_RE.match(line)
+                if m:
+                    return m.group(1)
+            if self.proc.poll() is not None:
+                code, self.proc = self.proc.returncode, None
+                raise AssertionError(
+                    f"server exited with {code} before listening:\n{self.stderr_text()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"server did not start in time:\n{self.stderr_text()}")
+            time.sleep(0.01)
 
     def _await_listening_line(self) -> str:
         assert self.proc is not None and self.proc.stdout is not None
@@ -446,14 +479,17 @@ class MountProcess:
 
     Its mount point, staging dir, log and key file are under `root` (named after `name`), its
     XDG dirs too (`isolated_env`). `server` is a ServerProcess, or None with `local=True`.
+    Its `gemfs` commands are forked from a warm interpreter (tests/launcher.py) unless
+    `fork=False`: a real exec, for tests of what a process shows (its command line).
     """
 
     mount_timeout = 60.0  # how long `gemfs mount` may take to return
 
     def __init__(self, root: Path, server: ServerProcess | None, key: str = DEFAULT_KEYS[0], *,
                  extra: Iterable[str] = (), local: bool = False, name: str = "mnt",
-                 list_ttl: float | None = 1.0) -> None:
+                 list_ttl: float | None = 1.0, fork: bool = True) -> None:
         self.root = root
+        self.fork = fork  # its gemfs commands forked from a warm interpreter (tests/launcher.py)
         self.path = root / name
         self.path.mkdir(parents=True, exist_ok=True)
         self.staging = root / f"{name}-staging"
@@ -474,9 +510,10 @@ class MountProcess:
             self.args += ["--base-url", server.url, "--api-key-file", str(keyfile)]
 
     def gemfs(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
-        """Run a gemfs command with this mount's environment."""
-        return subprocess.run(gemfs_cmd(*args), env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO_ROOT)
+        """Run a gemfs command with this mount's environment (forked from a warm interpreter:
+        tests/launcher.py)."""
+        return launcher.run(list(args), env=self.env, timeout=timeout,
+                            scratch=self.root / f"{self.path.name}-cli", fork=self.fork)
 
     def start(self) -> MountProcess:
         proc = self.gemfs("mount", str(self.path), *self.args, timeout=self.mount_timeout)

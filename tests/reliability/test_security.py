@@ -114,11 +114,12 @@ def test_the_key_appears_in_no_log_sidecar_error_or_process_title(tmp_path):
     secret = "SeCrEt-" + secrets.token_urlsafe(24)
     bad = "BaD-" + secrets.token_urlsafe(24)
     scan = KeyScan(secret, bad)
+    # Real execs (not forks of the tests' warm interpreter): their command lines are scanned.
     server = ServerProcess(tmp_path / "server-data", keys=[secret],
-                           args=["--access-log", "--log-level", "debug"])
+                           args=["--access-log", "--log-level", "debug"], fork=False)
     with server:
         m = Mount(tmp_path, server, key=secret, extra=("--debug", "--show-meta",
-                                                       "--max-file-size", "5000"))
+                                                       "--max-file-size", "5000"), fork=False)
         m.start()
         try:
             src = tmp_path / "a.txt"
@@ -171,7 +172,7 @@ def test_the_key_appears_in_no_log_sidecar_error_or_process_title(tmp_path):
 
 
 def test_local_mode_keeps_its_key_off_every_command_line(tmp_path):
-    m = Mount(tmp_path, None, local=True, extra=("--debug",))
+    m = Mount(tmp_path, None, local=True, extra=("--debug",), fork=False)  # a real command line
     m.start()
     data = tmp_path / "local-data"
     try:

@@ -8,6 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 
 from tests.conftest import KEY_A
 from tests.helpers import ServerProcess
@@ -16,7 +17,12 @@ GIB = 1024**3
 RSS_LIMIT = 150 * 10**6
 
 
-REAL_PROCESS = True  # memory is measured on a real process (tests/server/conftest.py)
+@pytest.fixture
+def server(tmp_path: Path):
+    """A real `python -m gemfs serve` (not a fork of the tests' warm interpreter, whose preloaded
+    modules would count in its RSS)."""
+    with ServerProcess(tmp_path / "server", fork=False) as srv:
+        yield srv
 
 
 def sha256_of_zeros(n: int) -> str:

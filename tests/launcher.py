@@ -1,0 +1,164 @@
+"""Runs `gemfs` commands for the tests from a warm interpreter instead of a fresh one.
+
+A `gemfs mount` spends most of its start importing google-genai (about 1.5 s of CPU on the
+2-core CI machine), and the suite starts a few hundred mounts and servers. Here a forkserver
+(multiprocessing's, single-threaded, started once per test process) imports gemfs and the SDK
+once, and each command is a fork of it that runs `gemfs.cli.main(argv)` with the test's
+environment, working directory and stdout/stderr files. What runs is the same code as `python -m
+gemfs ...`: the CLI, its daemon fork, the FUSE loop; only the interpreter start is shared.
+
+What a fork cannot show stays with a real exec: a process's command line (a forked command's is
+the forkserver's), its memory figures (it carries the preloaded modules), and `python -m gemfs`
+itself (tests/unit/test_cli.py, tests/server/test_cli.py). Those call `exec_argv` or pass
+`fork=False`. `GEMFS_TEST_EXEC=1` makes every command a real exec, to check that the suite does
+not depend on the shortcut.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# What the forkserver imports before its first fork: everything `gemfs mount` and `gemfs serve`
+# import on their way to work (mount.py imports most of it lazily, in _serve).
+PRELOAD = [
+    "tests.launcher", "gemfs.cli", "gemfs.mount", "gemfs.fuse_plus", "gemfs.fs", "gemfs.remote",
+    "gemfs.catalog", "gemfs.cache", "gemfs.state", "gemfs.staging", "gemfs.embedded",
+    "gemfs.server.main", "gemfs.server.app",
+]
+
+_context = None
+_runs = itertools.count()
+
+
+def forking() -> bool:
+    return os.environ.get("GEMFS_TEST_EXEC", "") in ("", "0")
+
+
+def exec_argv(*args: str) -> list[str]:
+    """The command line of a real `gemfs` process."""
+    return [sys.executable, "-m", "gemfs", *args]
+
+
+def _ctx():
+    global _context
+    if _context is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        _context = ctx
+    return _context
+
+
+def _child(argv: list[str], env: dict, cwd: str, stdout: str, stderr: str) -> None:
+    """The forked command: the environment, directory and file descriptors `subprocess` would
+    give it, then the CLI; never returns into multiprocessing (its exit code is the CLI's)."""
+    code = 1
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
+                                (1, stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                                (2, stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND)):
+            opened = os.open(path, flags, 0o600)
+            os.dup2(opened, fd)
+            os.close(opened)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.argv = ["gemfs", *argv]
+        from gemfs.cli import main
+
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, int) and e.code is not None:
+                print(e.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 (a crash is the command's exit status 1, as python's)
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code if isinstance(code, int) else 1)
+
+
+class Forked:
+    """A forked `gemfs` command, with the part of `subprocess.Popen` the tests use."""
+
+    def __init__(self, process) -> None:
+        self._process = process
+        self.pid = process.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self._process.is_alive():
+            self._process.join()
+            self.returncode = self._process.exitcode
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(["gemfs"], timeout or 0)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def spawn(argv: list[str], *, env: dict, stdout: Path, stderr: Path, cwd: Path = REPO_ROOT,
+          fork: bool = True):
+    """Start `gemfs ARGV` with stdout and stderr appended to files: a `Forked`, or a `Popen` of
+    a real exec without `fork` (or with GEMFS_TEST_EXEC=1)."""
+    if not (fork and forking()):
+        with open(stdout, "ab") as out, open(stderr, "ab") as err:
+            return subprocess.Popen(exec_argv(*argv), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=err, cwd=cwd, env=env)
+    process = _ctx().Process(target=_child, args=(list(argv), dict(env), str(cwd), str(stdout),
+                                                  str(stderr)), daemon=False)
+    process.start()
+    return Forked(process)
+
+
+def run(argv: list[str], *, env: dict, timeout: float, scratch: Path, cwd: Path = REPO_ROOT,
+        fork: bool = True) -> subprocess.CompletedProcess:
+    """`subprocess.run(gemfs ARGV, capture_output=True, text=True)`, forked from the warm
+    interpreter (output goes through files under `scratch`), or a real exec without `fork`."""
+    if not (fork and forking()):
+        return subprocess.run(exec_argv(*argv), env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd)
+    scratch.mkdir(parents=True, exist_ok=True)
+    n = next(_runs)
+    out, err = scratch / f"out-{os.getpid()}-{n}", scratch / f"err-{os.getpid()}-{n}"
+    for path in (out, err):
+        path.write_bytes(b"")
+    proc = spawn(argv, env=env, stdout=out, stderr=err, cwd=cwd)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    try:
+        return subprocess.CompletedProcess(argv, code, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
+    finally:
+        out.unlink(missing_ok=True)
+        err.unlink(missing_ok=True)
