@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 import httpx
+import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -50,17 +51,9 @@ _FIELD_ORDER = [
 ]
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx", "httpx2"):
-        try:
-            found.append(__import__(module).HTTPError)
-        except ImportError:
-            pass
-    return tuple(found)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
+# The SDK talks through httpx2 (a fork of httpx, with its own exception classes), the upload
+# client through httpx: a reset or timeout of either is a transport failure.
+_TRANSPORT_ERRORS = (ConnectionError, TimeoutError, httpx.HTTPError, httpx2.HTTPError)
 
 
 def api_json(file: types.File) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 
+import httpx2
 import pytest
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -141,12 +142,8 @@ def test_a_rate_limit_that_asks_past_the_deadline_fails_at_once(remote, fake_tim
 
 
 def _sdk_transport_error(name: str) -> type[Exception]:
-    """The SDK's own exception class `name` (it talks through httpx2 when installed)."""
-    try:
-        import httpx2 as sdk_httpx
-    except ImportError:
-        import httpx as sdk_httpx
-    return getattr(sdk_httpx, name)
+    """The SDK's own exception class `name`: it talks through httpx2."""
+    return getattr(httpx2, name)
 
 
 MISSING_FILE_BODY = {"error": {
