@@ -8,15 +8,16 @@ errno of the one table in `errors`. Each final failure is logged once with its H
 message; the API key never is.
 
 Why a loop of its own and not the SDK's `HttpOptions(retry_options=HttpRetryOptions(...))`
-(checked against google-genai 3.6.1, which runs it through tenacity): it stops after a count
-of attempts, never after a time, so it cannot keep `--retry-deadline`; it waits its own backoff
-and ignores `Retry-After` and `google.rpc.RetryInfo`; it retries every 429 by status, so a full
-project (429 with a QuotaFailure) would be retried instead of EDQUOT at once; of transport
-errors it retries only connect errors and timeouts, so a reset or a closed connection after the
-server did the work (a delete whose answer was lost) is not retried; a garbled 200 fails after
-its retries, when the JSON is read; and its sleep cannot be replaced, so tests would wait.
-tenacity itself could hold this loop, but the rules (`failure_from`, the wait asked for, the
-deadline from the first failure) would all be ours as callbacks: no shorter, one more dependency.
+(checked against google-genai 3.6.1, which runs it through tenacity): it stops after a count of
+attempts, never after a time, so it cannot keep `--retry-deadline`; it waits its own backoff and
+ignores `Retry-After` and `google.rpc.RetryInfo`; it retries every 429 by status, so a full
+project (429 with a QuotaFailure) would be retried instead of EDQUOT at once (and leaving 429
+out would leave rate limits unretried); of transport errors it retries only connect errors and
+timeouts, so a reset or a closed connection after the server did the work (a delete whose answer
+was lost) is not retried; a garbled 200 fails after its retries, when the JSON is read; and its
+options take no clock or sleep, so tests would wait. tenacity itself could hold this loop, but
+the rules (`failure_from`, the wait asked for, the deadline from the first failure) would all be
+ours as callbacks: no shorter, one more dependency.
 """
 
 from __future__ import annotations
