@@ -6,6 +6,18 @@ The only module that imports `google.genai`. Every call retries inside one bound
 deadline (counted from the call's first failure), then raised as a GemfsError carrying the
 errno of the one table in `errors`. Each final failure is logged once with its HTTP status and
 message; the API key never is.
+
+Why a loop of its own and not the SDK's `HttpOptions(retry_options=HttpRetryOptions(...))`
+(checked against google-genai 3.6.1, which runs it through tenacity): it stops after a count of
+attempts, never after a time, so it cannot keep `--retry-deadline`; it waits its own backoff and
+ignores `Retry-After` and `google.rpc.RetryInfo`; it retries every 429 by status, so a full
+project (429 with a QuotaFailure) would be retried instead of EDQUOT at once (and leaving 429
+out would leave rate limits unretried); of transport errors it retries only connect errors and
+timeouts, so a reset or a closed connection after the server did the work (a delete whose answer
+was lost) is not retried; a garbled 200 fails after its retries, when the JSON is read; and its
+options take no clock or sleep, so tests would wait. tenacity itself could hold this loop, but
+the rules (`failure_from`, the wait asked for, the deadline from the first failure) would all be
+ours as callbacks: no shorter, one more dependency.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 import httpx
+import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -39,17 +52,9 @@ _FIELD_ORDER = [
 ]
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx", "httpx2"):
-        try:
-            found.append(__import__(module).HTTPError)
-        except ImportError:
-            pass
-    return tuple(found)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
+# The SDK talks through httpx2 (a fork of httpx, with its own exception classes), the upload
+# client through httpx: a reset or timeout of either is a transport failure.
+_TRANSPORT_ERRORS = (ConnectionError, TimeoutError, httpx.HTTPError, httpx2.HTTPError)
 
 
 def api_json(file: types.File) -> dict:

@@ -14,7 +14,6 @@ import hashlib
 import os
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -170,12 +169,6 @@ def tmpfs(tmp_path):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)])
-
-
-def timed(fn):
-    start = time.monotonic()
-    result = fn()
-    return result, time.monotonic() - start
 
 
 def random_bytes(n: int) -> bytes:

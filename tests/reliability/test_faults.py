@@ -5,8 +5,9 @@ it (the server did the work and the answer was lost); stalls; a server restart m
 project.
 
 The guarantee under every fault: `cp` either exits 0 and the File is listed whole (sha256
-checked through the SDK) exactly once, or `cp` exits non-zero within a bounded time (one failing
-attempt, the retry deadline, one last attempt) and nothing is listed, neither during nor after.
+checked through the SDK) exactly once, or `cp` exits non-zero after a bounded number of retries
+(counted: the waits before giving up sum under the retry deadline) and nothing is listed,
+neither during nor after.
 An upload sends at most one chunk again per fault before the handler, and nothing again when the
 server had the bytes (counted by the server). `ls` keeps answering from the last snapshot while
 listing fails. Every case records its faults, outcome, duplicates and bytes re-sent in the
@@ -16,6 +17,7 @@ suite's TALLY.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import time
 
@@ -40,18 +42,19 @@ from tests.reliability.conftest import (
 from tests.reliability.support import PartialWatcher, sdk_names, staged_parts
 
 DEADLINE = 5.0  # --retry-deadline of the module's mount
-# Process start, transfers and scheduling on a 2-core machine shared with other jobs. Generous on
-# purpose: the bound only has to tell "gave up after the deadline" from "kept retrying" (which runs
-# into cp's 120 s timeout); the deadline's own arithmetic is pinned with a fake clock in
-# tests/unit/test_remote.py.
-SLACK = 20.0
 
 
-def time_bound(attempt_seconds: float, deadline: float = DEADLINE) -> float:
-    """How long a persistently failing operation may take: gemfs retries until `deadline` after
-    the first failure and starts no attempt after it, so the bound is one failing attempt, the
-    deadline, and the last attempt."""
-    return attempt_seconds + deadline + attempt_seconds + SLACK
+def most_failures(deadline: float = DEADLINE) -> int:
+    """How many failed requests one operation meets at most before it gives up, whatever the
+    machine's speed: after each failure gemfs waits at least half its backoff step (0.25 s
+    doubling, times 0.5 to 1.5; the fault server asks for no wait of its own) and starts no
+    retry whose wait would end past the deadline, so the waits before the last failure sum to
+    less than the deadline. "Gave up" told from "kept retrying" by a count, not a clock; the
+    deadline's own arithmetic is pinned with a fake clock in tests/unit/test_remote.py."""
+    failures, waited, step = 1, 0.0, 0.25
+    while waited + step / 2 < deadline:
+        waited, step, failures = waited + step / 2, min(step * 2, 8.0), failures + 1
+    return failures
 
 
 # Each upload step with a file that reaches it: `skip` lets the first chunk through so that the
@@ -121,12 +124,10 @@ def fmount(rel_root, shared_server):
         m.stop()
 
 
-def cp_into(mount: Mount, src, name: str, timeout: float = 120):
-    """`cp SRC MNT/NAME`; returns the process and its wall time."""
-    start = time.monotonic()
-    proc = subprocess.run(["cp", str(src), str(mount.path / name)], capture_output=True,
+def cp_into(mount: Mount, src, name: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`cp SRC MNT/NAME` (`timeout` only guards against a hang)."""
+    return subprocess.run(["cp", str(src), str(mount.path / name)], capture_output=True,
                           text=True, timeout=timeout)
-    return proc, time.monotonic() - start
 
 
 def assert_nothing_left(mount: Mount, sdk, name: str) -> None:
@@ -158,7 +159,7 @@ def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, wh
     (tmp_path / "src").write_bytes(data)
     shared_server.admin.set_faults(rule(op, action, mode, when, skip))
     with PartialWatcher(shared_server, {name: data}) as watcher:
-        proc, elapsed = cp_into(fmount, tmp_path / "src", name)
+        proc = cp_into(fmount, tmp_path / "src", name)
     hits = faults_hit(shared_server.admin)
     stats = shared_server.admin.stats()
     sent = upload_bytes(shared_server)
@@ -193,12 +194,10 @@ def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, wh
     else:
         assert proc.returncode != 0, "cp succeeded although every attempt failed"
         assert "Input/output error" in proc.stderr, proc.stderr
-        # The bound is the guarantee under test (RELIABILITY.md #2: fails within a bounded time).
-        bound = time_bound(0.0)
-        assert elapsed <= bound, f"cp took {elapsed:.1f}s, bound {bound:.0f}s"
         # A chunk is retried by querying its session (counted as upload_chunk, which the rule
-        # hits too), not by starting a new one: count the faulted requests.
-        assert hits >= 2, "gave up without retrying a retryable failure"
+        # hits too), not by starting a new one: count the faulted requests. Retried, then given
+        # up (RELIABILITY.md #2: fails in a bounded time): the count says which, at any speed.
+        assert 2 <= hits <= most_failures(), f"{hits} faulted requests: gave up or kept retrying?"
         assert sent <= size + allowed, f"{sent} bytes sent for {size} after {hits} faults {when}"
         assert_nothing_left(fmount, sdk, name)
         TALLY.add(failed_cleanly=1)
@@ -217,7 +216,7 @@ def test_overwrite_under_upload_faults(fmount, shared_server, sdk, tmp_path, mod
     fault = ({"op": "upload_start", "action": "reset", "times": 2} if mode == "transient" else
              {"op": "upload_start", "action": "error", "status": 400, "times": -1})
     shared_server.admin.set_faults(fault)
-    proc, _ = cp_into(fmount, tmp_path / "new", name)
+    proc = cp_into(fmount, tmp_path / "new", name)
     assert faults_hit(shared_server.admin) >= 1
     if mode == "transient":
         assert proc.returncode == 0, proc.stderr
@@ -245,7 +244,7 @@ def test_overwrite_when_the_old_file_cannot_be_deleted(fmount, shared_server, sd
     shared_server.admin.reset_stats()
     shared_server.admin.set_faults({"op": "delete", "action": "error", "status": 400,
                                     "times": -1})
-    proc, _ = cp_into(fmount, tmp_path / "new", name)
+    proc = cp_into(fmount, tmp_path / "new", name)
     assert faults_hit(shared_server.admin) >= 1
     assert proc.returncode == 0, f"cp failed although the new File is whole: {proc.stderr}"
     assert upload_bytes(shared_server) == len(new)
@@ -298,7 +297,7 @@ def test_three_faults_in_a_row_resume_the_same_session(fmount, shared_server, sd
     shared_server.admin.set_faults({"op": op, "action": "error", "status": 503, "times": 3,
                                     "skip": skip})
     with PartialWatcher(shared_server, {name: data}) as watcher:
-        proc, _ = cp_into(fmount, tmp_path / "src", name)
+        proc = cp_into(fmount, tmp_path / "src", name)
     attempts = shared_server.admin.stats()["upload_start"]
     resent = upload_bytes(shared_server) - size
     hits = faults_hit(shared_server.admin)
@@ -326,20 +325,29 @@ def test_list_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, when
     sdk.files.upload(file=io.BytesIO(b"listed before the fault\n"),
                      config={"display_name": mine, "mime_type": "text/plain"})
     wait_for(lambda: mine in fmount.sh("ls", timeout=30).stdout, timeout=15, what="first listing")
+    gave_up = fmount.read_log().count("list failed after")  # earlier cases' refreshes
     shared_server.admin.set_faults(rule(op, action, mode, when))
     # Another client adds a File: the mount can only learn of it through a listing.
     sdk.files.upload(file=io.BytesIO(b"uploaded elsewhere\n"),
                      config={"display_name": theirs, "mime_type": "text/plain"})
+    # ls must not wait for the failing refresh. Told by the order of events, not a clock: some
+    # look at the mount starts after the faulted listing did (its rule has a hit) and comes
+    # back from the old snapshot before that listing ends: before it gives up (persistent: the
+    # log says so) or succeeds (transient: it would show `theirs`). A mount that waited would
+    # only answer once the listing had ended.
     window_end = time.monotonic() + 2.5  # past the list TTL (1 s): refreshes are attempted
-    rounds = 0
-    while time.monotonic() < window_end or not shared_server.admin.faults()[0]["hits"]:
-        assert time.monotonic() < window_end + 20, "no listing was attempted"
-        start = time.monotonic()
+    rounds = answered_meanwhile = 0
+    while time.monotonic() < window_end or not answered_meanwhile:
+        # A guard against a hang; the persistent listing gives up DEADLINE s after it starts.
+        assert time.monotonic() < window_end + 30, "ls never answered while a listing failed"
+        underway = shared_server.admin.faults()[0]["hits"] >= 1
+        seen = os.listdir(fmount.path)  # in process: quick, so it lands inside the listing
+        ended = fmount.read_log().count("list failed after") > gave_up or theirs in seen
+        if underway and not ended:
+            answered_meanwhile += 1
+        assert mine in seen, "the last snapshot was lost"
         proc = fmount.sh("ls -l", check=False, timeout=30)
         assert proc.returncode == 0, f"ls failed while listing fails: {proc.stderr}"
-        # Waiting for the failing refresh would take its whole retry deadline (DEADLINE s of
-        # backoff); anything clearly under that shows ls answered from the snapshot.
-        assert time.monotonic() - start < DEADLINE - 1, "ls waited for the failing listing"
         names = proc.stdout
         assert mine in names, "the last snapshot was lost"
         if mode == "persistent":
@@ -368,9 +376,7 @@ def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, wh
     (tmp_path / name).write_bytes(data)
     fmount.sh(f"cp {shq(tmp_path / name)} ./")
     shared_server.admin.set_faults(rule(op, action, mode, when))
-    start = time.monotonic()
     proc = fmount.sh(f"rm {name}", check=False, timeout=60)
-    elapsed = time.monotonic() - start
     hits = faults_hit(shared_server.admin)
     assert hits >= 1
     if mode == "transient":
@@ -380,17 +386,15 @@ def test_delete_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, wh
         TALLY.add(survived=1)
     elif when == "after":
         assert proc.returncode != 0, "rm succeeded although no delete answer arrived"
-        # The bound is the guarantee under test (RELIABILITY.md #6: rm fails within the bound).
-        assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
-        assert shared_server.admin.stats()["delete"] >= 2, "gave up without retrying"
+        # Every delete request is faulted: retried, then given up (RELIABILITY.md #6).
+        assert 2 <= hits <= most_failures(), f"{hits} deletes: gave up or kept retrying?"
         assert name not in sdk_names(sdk), "the server did the delete, yet the File is there"
         wait_for(lambda: name not in fmount.sh("ls", timeout=30).stdout.split(), timeout=15,
                  what="the deleted File gone from the mount")
         TALLY.add(failed_cleanly=1)
     else:
         assert proc.returncode != 0, "rm succeeded although every delete failed"
-        assert elapsed <= time_bound(0.0), f"rm took {elapsed:.1f}s, deadline {DEADLINE}s"
-        assert shared_server.admin.stats()["delete"] >= 2, "gave up without retrying"
+        assert 2 <= hits <= most_failures(), f"{hits} deletes: gave up or kept retrying?"
         verify_written(sdk, {name: data})
         assert name in fmount.sh("ls").stdout, "the mount hid a File that still exists"
         fmount.sh(f"rm {name}")  # and once the server recovers, rm works
@@ -415,7 +419,7 @@ def test_stall_shorter_than_the_request_timeout_succeeds(rel_root, shared_server
             {"op": "upload_finalize", "action": "reset", "times": 1},
         )
         with PartialWatcher(shared_server, {"slow.bin": data}) as watcher:
-            proc, elapsed = cp_into(m, tmp_path / "src", "slow.bin")
+            proc = cp_into(m, tmp_path / "src", "slow.bin")
         assert faults_hit(shared_server.admin) == 2
         assert proc.returncode == 0, f"{proc.stderr}\n{m.read_log()[-2000:]}"
         assert watcher.partial == []
@@ -426,7 +430,7 @@ def test_stall_shorter_than_the_request_timeout_succeeds(rel_root, shared_server
 
 
 def test_stall_longer_than_the_deadline_fails_cleanly(rel_root, shared_server, sdk, tmp_path):
-    """A server that holds every chunk past the request timeout: cp fails within the bound,
+    """A server that holds every chunk past the request timeout: cp fails after a few retries,
     nothing is listed, and the mount answers ls and stat the whole time."""
     deadline, timeout = 4.0, 2.0
     m = Mount(rel_root, shared_server, name="stall-long",
@@ -438,31 +442,31 @@ def test_stall_longer_than_the_deadline_fails_cleanly(rel_root, shared_server, s
         (tmp_path / "src").write_bytes(data)
         shared_server.admin.set_faults(
             {"op": "upload_chunk", "action": "stall", "seconds": 8, "times": -1})
-        start = time.monotonic()
+        hang_guard = time.monotonic() + 120  # as cp_into's timeout: not a latency claim
         cp = subprocess.Popen(["cp", str(tmp_path / "src"), str(m.path / "stuck.bin")],
                               stderr=subprocess.PIPE, text=True)
         answered = 0
         try:
             while cp.poll() is None:
-                t0 = time.monotonic()
                 out = m.sh("ls -l && stat old.txt", timeout=30).stdout
-                # Waiting for the upload would take until it gives up (~8 s: two timed-out
-                # attempts around the 4 s deadline); under half of that shows they did not.
-                assert time.monotonic() - t0 < 4.0, "ls/stat waited for the stalled upload"
                 assert "old.txt" in out
-                answered += 1
-                assert time.monotonic() - start < time_bound(timeout, deadline), "cp hangs"
+                # Told by order, not by a clock: an ls and stat that came back while cp was
+                # still stuck did not wait for its upload (one that waited would come back
+                # with the failed close, at most once).
+                if cp.poll() is None:
+                    answered += 1
+                assert time.monotonic() < hang_guard, "cp hangs"
                 time.sleep(0.2)
-            elapsed = time.monotonic() - start
             stderr = cp.stderr.read()
         finally:
             if cp.poll() is None:
                 cp.kill()
         assert cp.returncode != 0 and "Input/output error" in stderr, stderr
-        # The bound is the guarantee under test (RELIABILITY.md #7: stuck fails within it).
-        assert elapsed <= time_bound(timeout, deadline), f"cp took {elapsed:.1f}s"
-        assert answered >= 3
-        assert faults_hit(shared_server.admin) >= 1
+        assert answered >= 3, f"ls and stat answered {answered} times while cp was stuck"
+        # Each timed-out chunk is one failure: retried, then given up (RELIABILITY.md #7),
+        # counted (a stalled request ends at the request timeout, then the next can start).
+        hits = faults_hit(shared_server.admin)
+        assert 2 <= hits <= most_failures(deadline), f"{hits} stalled chunks"
         assert_nothing_left(m, sdk, "stuck.bin")
         TALLY.add(failed_cleanly=1, survived=answered)
     finally:
@@ -575,7 +579,7 @@ def test_a_full_project_fails_cp_at_once_with_edquot(quota_mount, quota_server, 
     data = random_bytes(2 * MiB)
     (tmp_path / "src").write_bytes(data)
     quota_server.admin.reset_stats()
-    proc, _ = cp_into(mount, tmp_path / "src", "over.bin")
+    proc = cp_into(mount, tmp_path / "src", "over.bin")
     stats = quota_server.admin.stats()
     sent = upload_bytes(quota_server)
     assert proc.returncode != 0 and "Disk quota exceeded" in proc.stderr, proc.stderr
@@ -603,7 +607,7 @@ def test_an_overwrite_without_room_for_both_versions_keeps_the_old_file(
     (tmp_path / "new").write_bytes(new)
     mount.sh(f"cp {shq(tmp_path / 'old')} doc.bin")
     quota_server.admin.reset_stats()
-    proc, _ = cp_into(mount, tmp_path / "new", "doc.bin")
+    proc = cp_into(mount, tmp_path / "new", "doc.bin")
     stats = quota_server.admin.stats()
     assert proc.returncode != 0 and "Disk quota exceeded" in proc.stderr, proc.stderr
     assert stats["upload_start"] == 1 and stats["delete"] == 0, stats

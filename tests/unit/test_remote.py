@@ -1,12 +1,15 @@
 """`Remote._call`'s retry deadline, without a server and without sleeping (a fake clock): what is
-retried, how long, from when, and how the SDK's quota and rate-limit answers are read."""
+retried, how long, from when, how the SDK's quota and rate-limit answers are read, and that a
+delete whose answer was lost counts as done."""
 
 from __future__ import annotations
 
 import errno
 
+import httpx2
 import pytest
 from google.genai import errors as genai_errors
+from google.genai import types
 
 from gemfs.errors import GemfsError
 from gemfs.remote import Remote
@@ -136,3 +139,63 @@ def test_a_rate_limit_that_asks_past_the_deadline_fails_at_once(remote, fake_tim
     with pytest.raises(GemfsError) as info:
         remote._call("list", limited)
     assert info.value.errno == errno.EIO and fake_time.sleeps == []
+
+
+def _sdk_transport_error(name: str) -> type[Exception]:
+    """The SDK's own exception class `name`: it talks through httpx2."""
+    return getattr(httpx2, name)
+
+
+MISSING_FILE_BODY = {"error": {
+    "code": 403, "status": "PERMISSION_DENIED",
+    "message": "You do not have permission to access the File abc123 or it may not exist."}}
+
+
+def test_a_delete_whose_answer_was_lost_is_done_when_the_retry_finds_the_file_gone(
+        remote, fake_time, monkeypatch):
+    """The server deleted the File and the connection dropped before its answer (a reset after
+    the handler: a read error, which the SDK's own HttpRetryOptions does not retry); the retry
+    gets the API's answer for a missing File, and that means the delete is done."""
+    calls = []
+
+    def delete(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise _sdk_transport_error("RemoteProtocolError")(
+                "Server disconnected without sending a response.")
+        raise genai_errors.ClientError(403, MISSING_FILE_BODY)
+
+    monkeypatch.setattr(remote._client.files, "delete", delete)
+    remote.delete("abc123")  # no error
+    assert calls == ["abc123", "abc123"] and len(fake_time.sleeps) == 1
+
+
+def test_a_delete_refused_at_once_is_not_retried_and_not_hidden(remote, fake_time, monkeypatch):
+    calls = []
+
+    def delete(name):
+        calls.append(name)
+        raise genai_errors.ClientError(400, {"error": {
+            "code": 400, "status": "INVALID_ARGUMENT", "message": "bad name"}})
+
+    monkeypatch.setattr(remote._client.files, "delete", delete)
+    with pytest.raises(GemfsError) as info:
+        remote.delete("abc123")
+    assert info.value.errno == errno.EINVAL
+    assert calls == ["abc123"] and fake_time.sleeps == []
+
+
+@pytest.mark.parametrize("error", ["ReadError", "RemoteProtocolError", "ConnectError", "ReadTimeout"])
+def test_every_transport_error_of_a_get_is_retried(remote, fake_time, monkeypatch, error):
+    calls = []
+    file = types.File(name="files/abc123", display_name="a.txt", size_bytes=3)
+
+    def get(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise _sdk_transport_error(error)("dropped")
+        return file
+
+    monkeypatch.setattr(remote._client.files, "get", get)
+    assert remote.get("abc123").id == "abc123"
+    assert len(calls) == 2 and len(fake_time.sleeps) == 1
