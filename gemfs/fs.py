@@ -39,6 +39,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import cachetools
@@ -48,6 +49,7 @@ from gemfs import mime, procinfo, sidecar, tempnames
 from gemfs.cache import hex_from_api
 from gemfs.catalog import Catalog, DirNode, FileNode, Path, display_name, display_name_for, split_path
 from gemfs.errors import GemfsError, fuse_op
+from gemfs.fuse_plus import FUSE_CAP_READDIRPLUS_AUTO
 from gemfs.model import FileRecord
 from gemfs.remote import Remote
 from gemfs.staging import StagedFile, StagingArea
@@ -227,6 +229,12 @@ class GemFS(Operations):
     # -- lifecycle ------------------------------------------------------------------------------
 
     def init_with_config(self, conn, config) -> None:
+        if conn is not None:
+            # READDIRPLUS for every listing request. In the kernel's "auto" mode, only a
+            # directory's first request gets attributes unless lookups come in between; `ls -l`
+            # reads the whole directory first, so nearly every entry would still be looked up
+            # on its own (tests/mount/test_readdirplus.py).
+            conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         if config is not None:
             # Attributes come from our snapshot, so the kernel may keep them briefly; a longer
             # entry cache would hide other clients' uploads past the listing TTL.
@@ -434,6 +442,8 @@ class GemFS(Operations):
 
     @fuse_op
     def readdir(self, path: str, fh=None):
+        # Unused on libfuse 3, where readdir_plus answers; but mfusepy 3.1 installs the readdir
+        # callback, which fuse_plus.py's backport hooks into, only for an object that has this.
         return [name for name, _ in self._entries(path, with_attrs=False)]
 
     @fuse_op
@@ -451,18 +461,24 @@ class GemFS(Operations):
         return 0
 
     @fuse_op
-    def readdir_plus(self, path: str, fh: int, offset: int = 0) -> list[tuple[str, dict | None]]:
-        """The entries of an open directory with their attributes (READDIRPLUS, fuse_plus.py).
-        A listing from the start (offset 0: after opendir, or a rewinddir) takes them from the
-        catalog; the requests that continue it page through that same list."""
+    def readdir_plus(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict | None, int]]:
+        """The entries of an open directory after `offset`, each with its attributes and its own
+        offset (READDIRPLUS, fuse_plus.py): entry i has offset i + 1, so the kernel's next request
+        continues after the last entry it took. A listing from the start (offset 0: after
+        opendir, or a rewinddir) takes them from the catalog; the requests that continue it page
+        through that same list, so no name is skipped or repeated if the catalog changes."""
         with self._lock:
             handle = self._handles.get(fh)
         if not isinstance(handle, DirHandle):
-            return self._entries(path, with_attrs=True)
-        with handle.lock:
-            if handle.entries is None or offset == 0:
-                handle.entries = self._entries(path, with_attrs=True)
-            return handle.entries
+            entries = self._entries(path, with_attrs=True)
+        else:
+            with handle.lock:
+                if handle.entries is None or offset == 0:
+                    handle.entries = self._entries(path, with_attrs=True)
+                entries = handle.entries
+        # Lazily: mfusepy stops taking entries when the kernel's buffer is full, and a large
+        # directory takes many requests.
+        return ((*entries[i], i + 1) for i in range(max(offset, 0), len(entries)))
 
     def _entries(self, path: str, *, with_attrs: bool) -> list[tuple[str, dict | None]]:
         parts = split_path(path)

@@ -6,11 +6,20 @@ so `ls -l` of N files needs no lookup round trip per entry.
 mfusepy 3.1 fills directory entries without attributes (its readdir has a TODO for
 FUSE_READDIR_PLUS), and libfuse 3.14 drops attributes given without offsets anyway; the kernel
 then looks every name up on its own: ~0.28 s of `ls -l` for 5,000 Files (bench/run.py,
-listing). Here, when the operations object offers `readdir_plus(path, fh, offset)` -> [(name,
-attrs or None)], directories are listed in libfuse's offset mode (entry i has offset i + 1, so each
-kernel request resumes where the last one stopped) with full attributes. The operations object
-must give the same list for the whole life of a directory handle (opendir to releasedir), or
-offsets would skip or repeat names.
+listing). contrib/mfusepy-readdirplus/ offers mfusepy the feature: an Operations method
+`readdir_plus(path, offset, fh)` that yields `(name, attrs or None, offset)` with non-zero
+offsets (libfuse's offset mode: each kernel request resumes after the last entry it took), whose
+attributes reach the kernel with FUSE_FILL_DIR_PLUS when it asks for READDIRPLUS. GemFS
+implements that method.
+
+While mfusepy lacks it, `_ReaddirPlusBackport` below does the same through mfusepy's internals
+(`init_fuse_3`, `readdir_fuse_3`, `use_ns`). Which one runs is decided at import by feature
+detection, `has_readdir_plus(mfusepy)`: mfusepy's Operations has a `readdir_plus` with the
+offered parameters. The day mfusepy ships it, its own code is used and the backport is dead
+code to delete; if mfusepy ships it in another shape, the backport stays in use, and
+tests/mount/test_readdirplus.py fails if READDIRPLUS silently stops working either way.
+
+Always READDIRPLUS, not the kernel's "auto" mode, is GemFS's own choice (its init_with_config).
 
 Two more callbacks mfusepy 3.1 flattens: `rename` drops the renameat2 flags (here they reach
 `rename(old, new, flags)`), and `open` cannot ask for direct I/O (here an operations object
@@ -21,54 +30,74 @@ Everything else is mfusepy's own code.
 from __future__ import annotations
 
 import ctypes
+import inspect
+from types import ModuleType
 
 import mfusepy
-from mfusepy import FUSE, c_stat, set_st_attrs
 
 FUSE_READDIR_PLUS = 1 << 0  # enum fuse_readdir_flags (libfuse 3)
 FUSE_FILL_DIR_PLUS = 1 << 1  # enum fuse_fill_dir_flags (libfuse 3)
 FUSE_CAP_READDIRPLUS = 1 << 13  # fuse_common.h (libfuse 3)
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 
+# The parameters of Operations.readdir_plus as contrib/mfusepy-readdirplus offers it.
+READDIR_PLUS_PARAMETERS = ["self", "path", "offset", "fh"]
 
-class PlusFUSE(FUSE):
-    def _plus(self):
-        plus = getattr(self.operations, "readdir_plus", None)
-        return plus if mfusepy.fuse_version_major == 3 else None
+
+def has_readdir_plus(module: ModuleType) -> bool:
+    """Whether this mfusepy module hands `Operations.readdir_plus`'s attributes to the kernel
+    itself: it declares the method with the parameters offered upstream. A method of that name
+    with other parameters is not ours: GemFS's would be called wrongly, so the backport stays."""
+    method = getattr(getattr(module, "Operations", None), "readdir_plus", None)
+    if method is None:
+        return False
+    try:
+        return list(inspect.signature(method).parameters) == READDIR_PLUS_PARAMETERS
+    except (TypeError, ValueError):
+        return False
+
+
+def _readdir_plus(operations):
+    method = getattr(operations, "readdir_plus", None)
+    return None if method is None or getattr(method, "libfuse_ignore", False) else method
+
+
+class _ReaddirPlusBackport:
+    """contrib/mfusepy-readdirplus's `readdir_plus` on an mfusepy that lacks it (libfuse 3)."""
 
     def init_fuse_3(self, conn, config):  # noqa: D102 (mfusepy's)
-        # In "auto" mode the kernel asks for READDIRPLUS only for a directory's first chunk of
-        # entries unless lookups come in between; `ls -l` reads the whole directory first, so
-        # nearly every entry would still be looked up on its own. Always plus, then.
-        if conn and self._plus() and conn.contents.capable & FUSE_CAP_READDIRPLUS:
+        if conn and _readdir_plus(self.operations) and conn.contents.capable & FUSE_CAP_READDIRPLUS:
             conn.contents.want |= FUSE_CAP_READDIRPLUS
-            conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         return super().init_fuse_3(conn, config)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):  # noqa: D102 (mfusepy's)
-        plus = self._plus()
+        plus = _readdir_plus(self.operations)
         if plus is None:
             return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = plus(decoded, fip.contents.fh, offset)
         want_attrs = bool(flags & FUSE_READDIR_PLUS)
-        st = c_stat()
-        for index in range(max(offset, 0), len(entries)):
-            name, attrs = entries[index]
+        st = mfusepy.c_stat()
+        for name, attrs, entry_offset in plus(decoded, offset, fip.contents.fh):
+            # The whole struct goes to the kernel: nothing may be left from the previous entry.
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            fill_flags = 0
+            if isinstance(attrs, dict) and want_attrs:
+                mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
+                fill_flags = FUSE_FILL_DIR_PLUS
+            elif isinstance(attrs, dict):  # only the type (and inode) reach a plain READDIR
+                for key in ("st_mode", "st_ino"):
+                    if key in attrs:
+                        setattr(st, key, attrs[key])
+            elif isinstance(attrs, int):
+                st.st_mode = attrs
             encoded = name.encode(self.encoding, self.errors)
-            if attrs is None:  # '.', '..', and names the kernel should look up itself
-                full = filler(buf, encoded, None, index + 1, 0)
-            else:
-                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
-                if want_attrs:
-                    set_st_attrs(st, attrs, use_ns=self.use_ns)
-                    full = filler(buf, encoded, st, index + 1, FUSE_FILL_DIR_PLUS)
-                else:
-                    st.st_mode = attrs["st_mode"]
-                    full = filler(buf, encoded, st, index + 1, 0)
-            if full != 0:  # the kernel's buffer is full: it asks again from this offset
-                break
+            if filler(buf, encoded, None if attrs is None else st, entry_offset, fill_flags) != 0:
+                break  # the kernel's buffer is full: it asks again from this offset
         return 0
+
+
+class _Flags:
+    """The renameat2 flags and direct I/O that mfusepy 3.1's callbacks drop."""
 
     def rename_fuse_3(self, old, new, flags):  # noqa: D102 (mfusepy's drops the flags)
         # renameat2 flags reach the operations: RENAME_EXCHANGE must be refused, not done as a
@@ -82,3 +111,12 @@ class PlusFUSE(FUSE):
         if wants is not None and not self.raw_fi and wants(fip.contents.fh):
             fip.contents.direct_io = 1
         return result
+
+
+def fuse_class(module: ModuleType) -> type:
+    """`module.FUSE` with `_Flags`, and with the READDIRPLUS backport unless `module` has it."""
+    backport = () if has_readdir_plus(module) else (_ReaddirPlusBackport,)
+    return type("PlusFUSE", (_Flags, *backport, module.FUSE), {"__module__": __name__})
+
+
+PlusFUSE = fuse_class(mfusepy)

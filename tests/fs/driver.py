@@ -239,11 +239,11 @@ class Driver:
         listing gives without attributes (sidecars) are looked up, as the kernel does."""
         fh = self.call("opendir", path)
         try:
-            entries = self.call("readdir_plus", path, fh, 0)
+            entries = list(self.call("readdir_plus", path, 0, fh))
         finally:
             self.call("releasedir", path, fh)
         out = {}
-        for name, attrs in entries:
+        for name, attrs, _offset in entries:
             if name in (".", ".."):
                 continue
             out[name] = attrs if attrs is not None else self.stat(join(path, name))

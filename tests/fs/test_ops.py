@@ -50,6 +50,31 @@ def test_listing_and_stat_come_from_one_snapshot(drv: Driver):
     assert drv.remote.since(mark) == []  # not one API call per file, nor one per listing
 
 
+def test_readdir_plus_pages_through_one_listing_by_offset(drv: Driver):
+    # mfusepy asks for the entries after the last offset the kernel took, once per request.
+    for i in range(4):
+        drv.remote.add_file(f"f{i}.txt", b"x" * (i + 1))
+    drv.relist()
+    fh = drv.call("opendir", "/")
+    try:
+        first = list(drv.call("readdir_plus", "/", 0, fh))
+        assert [offset for _, _, offset in first] == [1, 2, 3, 4, 5, 6]
+        assert first[:2] == [(".", None, 1), ("..", None, 2)]
+        assert {name: attrs["st_size"] for name, attrs, _ in first[2:]} == {
+            "f0.txt": 1, "f1.txt": 2, "f2.txt": 3, "f3.txt": 4}
+        drv.remote.add_file("f4.txt", b"new")
+        drv.relist()
+        # A request that continues the listing pages through the same list: f4.txt, which came
+        # after it started, is not slipped in to push an entry out or in twice.
+        assert list(drv.call("readdir_plus", "/", 4, fh)) == first[4:]
+        # A listing from the start (rewinddir) sees it.
+        again = list(drv.call("readdir_plus", "/", 0, fh))
+        assert [offset for _, _, offset in again] == [1, 2, 3, 4, 5, 6, 7]
+        assert "f4.txt" in {name for name, _, _ in again}
+    finally:
+        drv.call("releasedir", "/", fh)
+
+
 def test_probes_for_missing_names_are_enoent_without_a_call(drv: Driver):
     mark = drv.remote.mark()
     for probe in ("/.Trash-1000", "/.hidden", "/autorun.inf", "/nodir/x"):
