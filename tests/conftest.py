@@ -1,4 +1,6 @@
-"""Fixtures shared by every test folder: local Files API servers and SDK clients for them."""
+"""Fixtures shared by every test folder (local Files API servers and SDK clients for them), and
+the session hooks that print the reliability tally (tests/tally.py), summed over pytest-xdist's
+workers."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import DEFAULT_KEYS, ServerProcess
+from tests.tally import TALLY
 
 KEY_A, KEY_B = DEFAULT_KEYS
 
@@ -50,3 +53,19 @@ def client_a(server: ServerProcess):
 @pytest.fixture
 def client_b(server: ServerProcess):
     return server.client(KEY_B)
+
+
+def pytest_sessionfinish(session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: its tally goes to the controller
+        workeroutput["tally"] = TALLY.as_dict()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # xdist's, on the controller
+    TALLY.merge(getattr(node, "workeroutput", {}).get("tally", {}))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if TALLY.any():
+        terminalreporter.write_line(TALLY.line())

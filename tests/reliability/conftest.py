@@ -1,11 +1,5 @@
-"""Fixtures and the tally of the reliability suite.
-
-Every test that injects faults or writes bytes records them in `TALLY`; the session prints one
-summary line (the figures docs/RELIABILITY.md quotes): faults injected, operations that survived
-them, operations that failed cleanly (non-zero exit, nothing partial listed), bytes lost and
-duplicate Files (both must be 0), and the bytes uploads sent more than once, with the most that
-one fault cost, for faults before the server's handler and after it.
-"""
+"""Fixtures of the reliability suite, and the checks that feed its tally (tests/tally.py):
+every test that injects faults or writes bytes records them in `TALLY`."""
 
 from __future__ import annotations
 
@@ -13,7 +7,6 @@ import base64
 import hashlib
 import os
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,56 +14,9 @@ import pytest
 from tests.helpers import ServerProcess, wait_for  # noqa: F401 (re-exported)
 from tests.mount.conftest import KEY, OTHER_KEY, Mount, in_mount_table  # noqa: F401
 
+from tests.tally import TALLY  # noqa: F401 (re-exported)
+
 MiB = 1024 * 1024
-
-
-class Tally:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.faults_injected = 0
-        self.survived = 0  # operations that succeeded despite faults
-        self.failed_cleanly = 0  # operations that failed with an error and left nothing partial
-        self.bytes_written = 0  # bytes of every write whose close succeeded
-        self.bytes_verified = 0  # of those, found whole (sha256) through the SDK
-        self.bytes_lost = 0
-        self.duplicates = 0  # Files beyond one per display name written, and Files nobody wrote
-        self.bytes_resent = 0  # upload bytes the server received more than once (its own count)
-        # by `when`: the most one fault cost (an upload's re-sent bytes over its faults), and
-        # the most one upload re-sent in all
-        self.resent_per_fault = {"before": 0, "after": 0}
-        self.resent_per_upload = {"before": 0, "after": 0}
-        self.fuzz_requests = 0
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
-
-    def resent(self, when: str, nbytes: int, faults: int) -> None:
-        """An upload that sent `nbytes` more than once under `faults` faults fired `when`."""
-        with self._lock:
-            self.bytes_resent += nbytes
-            per_fault = -(-nbytes // max(faults, 1))
-            self.resent_per_fault[when] = max(self.resent_per_fault[when], per_fault)
-            self.resent_per_upload[when] = max(self.resent_per_upload[when], nbytes)
-
-    def line(self) -> str:
-        return (f"reliability: {self.faults_injected} faults injected, {self.survived} operations "
-                f"survived, {self.failed_cleanly} failed cleanly, {self.bytes_written} bytes "
-                f"written, {self.bytes_verified} verified, {self.bytes_lost} bytes lost, "
-                f"{self.duplicates} duplicates, {self.bytes_resent} bytes re-sent (at most "
-                f"{self.resent_per_fault['before']} per fault and "
-                f"{self.resent_per_upload['before']} per upload for faults before the handler, "
-                f"{self.resent_per_fault['after']} and {self.resent_per_upload['after']} after), "
-                f"{self.fuzz_requests} fuzz requests")
-
-
-TALLY = Tally()
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if TALLY.faults_injected or TALLY.bytes_written or TALLY.fuzz_requests:
-        terminalreporter.write_line(TALLY.line())
 
 
 def sha_field(data: bytes) -> str:
