@@ -180,6 +180,25 @@ def test_upload_error_reaches_close(drv: Driver):
     assert drv.remote.data("a.txt") == b"hello"
 
 
+def test_a_rename_after_a_failed_close_publishes_the_file_once(drv: Driver):
+    """Found by test_model: a close that failed, another descriptor still open (another
+    process's), then the closer renames the file. The renaming process holds it no longer, so
+    the rename is the publish of a closed temp file: one upload under the new name, and the
+    last close has nothing left to send."""
+    first = drv.open("/d.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    second = drv.open("/d.txt", os.O_WRONLY)
+    drv.write(first, b"draft")
+    drv.remote.fail_next("upload", errno.EIO)
+    assert drv.close("/d.txt", first) == errno.EIO
+    assert drv.remote.live() == []
+    assert drv.mv("/d.txt", "/a") == 0
+    assert drv.remote.count("upload") == 2
+    assert [s.data for s in drv.remote.named("a")] == [b"draft"]
+    assert drv.close("/a", second) == 0
+    assert drv.remote.count("upload") == 2
+    assert [s.record.display_name for s in drv.remote.live()] == ["a"]
+
+
 @pytest.mark.parametrize("err", [errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EINVAL])
 def test_upload_errno_is_the_close_errno(drv: Driver, err: int):
     drv.remote.fail_next("upload", err)
