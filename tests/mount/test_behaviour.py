@@ -282,7 +282,7 @@ def test_debug_logs_every_operation_and_api_call_but_never_the_key(tmp_path, gem
     finally:
         m.stop()
     log = m.read_log()
-    for needle in ("op create('/a.txt'", "op write('/a.txt', <8 bytes>", "op flush(", "op unlink('/a.txt')",
+    for needle in ("op create('/a.txt'", "op write_buf('/a.txt', <8 bytes>", "op flush(", "op unlink('/a.txt')",
                    "api upload", "api delete", "api list"):
         assert needle in log, needle
     assert KEY not in log
