@@ -1,4 +1,4 @@
-"""mfusepy's `FUSE` with READDIRPLUS and renameat2's flags.
+"""mfusepy's `FUSE` with READDIRPLUS, renameat2's flags and WRITEs without a Python copy.
 
 READDIRPLUS: a directory listing hands the kernel each entry's attributes along with its name,
 so `ls -l` of N files needs no lookup round trip per entry.
@@ -158,8 +158,8 @@ class PlusFUSE(FUSE):
     def write_buf(self, path, bufvec, offset, fip):  # noqa: D102 (mfusepy's misreads the bufvec)
         fh = fip.contents if self.raw_fi else fip.contents.fh
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        return self.operations.write_buf(decoded, WriteSource(ctypes.cast(bufvec, ctypes.POINTER(fuse_bufvec))),
-                                         offset, fh)
+        source = WriteSource(ctypes.cast(bufvec, ctypes.POINTER(fuse_bufvec)))
+        return self.operations.write_buf(decoded, source, offset, fh)
 
     def rename_fuse_3(self, old, new, flags):  # noqa: D102 (mfusepy's drops the flags)
         # renameat2 flags reach the operations: RENAME_EXCHANGE must be refused, not done as a
