@@ -293,7 +293,10 @@ def _one_malloc_arena() -> None:
 
 def _serve(opts: MountOptions, ready, fail, say=lambda msg: None) -> int:
     """Build everything, mount, and run the FUSE loop until unmount; returns the exit code."""
-    from gemfs.fuse_plus import PlusFUSE as FUSE
+    from gemfs.fuse_plus import LIBFUSE_VERSION, PlusFUSE as FUSE
+
+    # Which FUSE features a later version could use (passthrough needs 3.16), in every log.
+    log.info("libfuse %d.%d", *LIBFUSE_VERSION)
 
     _one_malloc_arena()
 

@@ -32,13 +32,18 @@ class StagedFile:
         self.size = 0  # guarded by the owner's lock (fs.Pending.lock)
 
     def write(self, data: bytes, offset: int) -> int:
-        end = offset + len(data)
+        return self.write_from(len(data), offset, lambda fd, at: os.pwrite(fd, data, at))
+
+    def write_from(self, length: int, offset: int, copy) -> int:
+        """Write `length` bytes at `offset` by `copy(fd, offset) -> bytes written` (a pwrite, or
+        a splice from libfuse's pipe: fuse_plus.WriteSource), counted against the quota."""
+        end = offset + length
         if end > self._area.max_file_size:
             raise GemfsError(errno.EFBIG, "file larger than the Files API allows")
         growth = max(end - self.size, 0) if self._counted else 0
         self._area.reserve(growth)
         try:
-            written = os.pwrite(self.fd, data, offset)
+            written = copy(self.fd, offset)
         except OSError:
             self._area.release(growth)  # ENOSPC and friends: the kernel hands the errno to the writer
             raise

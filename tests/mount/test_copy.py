@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -183,6 +184,36 @@ def test_write_from_python_with_seek_and_truncate(mount, sdk):
         f.truncate(50)
     expected = b"x" * 10 + b"HELLO" + b"x" * 35
     assert_uploaded(sdk, "edited.bin", expected)
+
+
+def test_writes_at_any_offset_holes_appends_and_mmap(mount, sdk, tmp_path):
+    """WRITE requests reach the staged file through write_buf (gemfs/fuse_plus.py) at the
+    offsets the kernel gives: a hole left by a seek, `>>`, an overwrite in the middle, and the
+    pages of a shared mmap, which the kernel writes back before close returns."""
+    mount.sh("dd if=/dev/urandom of=holes.bin bs=4096 count=2 seek=3 status=none")
+    holes = (mount.path / "holes.bin").read_bytes()
+    assert holes[: 3 * 4096] == b"\0" * (3 * 4096) and len(holes) == 5 * 4096
+    assert_uploaded(sdk, "holes.bin", holes)
+
+    mount.sh("printf 'one\\n' > log.txt && printf 'two\\n' >> log.txt")
+    assert_uploaded(sdk, "log.txt", b"one\ntwo\n")
+
+    data = bytearray(os.urandom(3 * 1024 * 1024))
+    (tmp_path / "src").write_bytes(data)
+    mount.sh(f"cp {shlex(tmp_path / 'src')} mid.bin")
+    mount.sh("printf PATCHED | dd of=mid.bin bs=1 seek=1500000 conv=notrunc status=none")
+    data[1500000:1500007] = b"PATCHED"
+    assert_uploaded(sdk, "mid.bin", bytes(data))
+
+    with open(mount.path / "mapped.bin", "wb") as f:
+        f.truncate(3 * 4096)
+    fd = os.open(mount.path / "mapped.bin", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 3 * 4096) as mapped:
+            mapped[4096:4101] = b"hello"
+    finally:
+        os.close(fd)
+    assert_uploaded(sdk, "mapped.bin", b"\0" * 4096 + b"hello" + b"\0" * (2 * 4096 - 5))
 
 
 def test_unlink_while_open_is_never_uploaded(mount, sdk, admin):
