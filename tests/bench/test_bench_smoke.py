@@ -18,7 +18,10 @@ from tests.helpers import REPO_ROOT
 
 CASES = ("big_upload", "small_files", "listing", "probes", "resume")
 PER_FILE_OPS = ("get", "download")  # what a listing must never call per File
-KEY = "smoke-key-7c1e0f3a9b"  # distinctive, so a leak into the output would be found
+KEY = "smoke-key-7c1e0f3a9b"
+
+# One worker runs this module's tests, so its one `bench.run --quick` (the module fixture) runs once.
+pytestmark = pytest.mark.xdist_group("bench")  # distinctive, so a leak into the output would be found
 
 
 @pytest.fixture(scope="module")

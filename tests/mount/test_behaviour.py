@@ -256,22 +256,20 @@ def test_sigterm_with_upload_in_flight(tmp_path, gemfs_server, admin, sdk):
 
 def test_mount_refuses_bad_key_missing_and_busy_mountpoints(tmp_path, gemfs_server):
     bad = Mount(tmp_path, gemfs_server, key="not-a-key", name="bad")
-    proc = subprocess.run(gemfs_cmd("mount", str(bad.path), *bad.args), env=bad.env,
-                          capture_output=True, text=True, timeout=60)
+    proc = bad.gemfs("mount", str(bad.path), *bad.args, timeout=60)
     assert proc.returncode == 1 and proc.stderr.strip() == "gemfs: API key not valid"
     assert not in_mount_table(bad.path)
-    proc = subprocess.run(gemfs_cmd("mount", str(tmp_path / "nope"), *bad.args), env=bad.env,
-                          capture_output=True, text=True)
+    proc = bad.gemfs("mount", str(tmp_path / "nope"), *bad.args, timeout=60)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
     (bad.path / "something").write_text("x")
-    proc = subprocess.run(gemfs_cmd("mount", str(bad.path), *bad.args), env=bad.env,
-                          capture_output=True, text=True)
+    proc = bad.gemfs("mount", str(bad.path), *bad.args, timeout=60)
     assert proc.returncode == 1 and "not an empty directory" in proc.stderr
-    gone = Mount(tmp_path, gemfs_server, name="gone")
+    # An unreachable server: retried for the (shortened) deadline, then one line saying so.
+    gone = Mount(tmp_path, gemfs_server, name="gone", extra=("--retry-deadline", "2"))
     gone.args[gone.args.index("--base-url") + 1] = "http://127.0.0.1:9/"
-    proc = subprocess.run(gemfs_cmd("mount", str(gone.path), *gone.args), env=gone.env,
-                          capture_output=True, text=True, timeout=60)
+    proc = gone.gemfs("mount", str(gone.path), *gone.args, timeout=60)
     assert proc.returncode == 1 and "cannot reach" in proc.stderr
+    assert not in_mount_table(gone.path)
 
 
 def test_local_mode_mounts_the_embedded_server(tmp_path):
