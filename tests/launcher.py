@@ -131,8 +131,9 @@ def spawn(argv: list[str], *, env: dict, stdout: Path, stderr: Path, cwd: Path =
         with open(stdout, "ab") as out, open(stderr, "ab") as err:
             return subprocess.Popen(exec_argv(*argv), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=err, cwd=cwd, env=env)
+    # daemon: one a test left running is killed when the test process exits, not waited for.
     process = _ctx().Process(target=_child, args=(list(argv), dict(env), str(cwd), str(stdout),
-                                                  str(stderr)), daemon=False)
+                                                  str(stderr)), daemon=True)
     process.start()
     return Forked(process)
 
