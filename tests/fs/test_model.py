@@ -558,7 +558,12 @@ FAST = settings(max_examples=200, stateful_step_count=25, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 LONG = settings(FAST, max_examples=2000, stateful_step_count=40)
 
+# A budget of examples, not of time: on a busy machine (4 test workers on 2 cores) a run takes
+# several times its idle 12-25 s, and pytest's 120 s default would cut it mid-example.
+SLOW_OK = pytest.mark.timeout(600)
 
+
+@SLOW_OK
 def test_model():
     run_state_machine_as_test(FsMachine, settings=FAST)
 
@@ -573,6 +578,7 @@ def test_model_long():
                                        "made its File, then an overwrite of that name, can still "
                                        "leave two Files (the uploader's own lost answers are "
                                        "covered: tests/unit/test_upload.py)")
+@SLOW_OK
 def test_model_with_lost_answers():
     run_state_machine_as_test(LostAnswerMachine,
                               settings=settings(FAST, phases=[Phase.explicit, Phase.reuse, Phase.generate]))
