@@ -34,6 +34,22 @@ LISTENING_RE = re.compile(r"^gemfs serve: listening on (http://\S+)$")
 DEFAULT_KEYS = ("key-a", "key-b")
 ADMIN = "/_gemfs/admin"
 
+# Guards the creation of _SSL_CONTEXT (once; it is only read after that). No other lock is taken
+# while holding it.
+_ssl_lock = threading.Lock()
+_SSL_CONTEXT = None
+
+
+def _ssl_context() -> Any:
+    """One TLS context for every httpx client of the tests. The servers speak plain http, but
+    httpx builds a context (reading certifi's CA bundle, ~55 ms of CPU) for each client it makes
+    unless given one, and the admin API makes a client per call."""
+    global _SSL_CONTEXT
+    with _ssl_lock:
+        if _SSL_CONTEXT is None:
+            _SSL_CONTEXT = httpx.create_ssl_context()
+        return _SSL_CONTEXT
+
 
 class FakeTime:
     """A monotonic clock that moves only when the code under test sleeps (or a test moves
@@ -348,6 +364,7 @@ class ServerProcess:
 
     def http(self, **kwargs: Any) -> httpx.Client:
         """A plain httpx client with this server as base URL (for raw wire checks)."""
+        kwargs.setdefault("verify", _ssl_context())
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
 
 
