@@ -14,7 +14,9 @@ Cases (the README's "Performance" section says what each one means):
 
 Each case (each run, where a run needs a fresh mount) starts its own server on a fresh data
 directory under a temporary directory and its own mount, and takes both down in a `finally`,
-Ctrl-C included. Request counts come from the server's admin API (/_gemfs/admin/stats), so they
+Ctrl-C included. They are real `python -m gemfs` processes, since they are measured; `--quick`
+(a smoke test, whose figures are not compared) forks them from one warm interpreter instead, as
+the tests do (tests/launcher.py), which saves each the interpreter start and the SDK's imports. Request counts come from the server's admin API (/_gemfs/admin/stats), so they
 count what reached the wire, whichever client sent it.
 
     python -m bench.run                  # every case, 3 runs each, medians
@@ -47,6 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tests import launcher
 from tests.helpers import MountProcess, ServerProcess, in_mount_table, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -286,13 +289,14 @@ def sigint_deferred() -> Iterator[None]:
 
 class BenchServer(ServerProcess):
     """`gemfs serve --admin` with the benchmark's one key (tests/helpers.py does the work), as a
-    real `python -m gemfs serve` process: the benchmark measures it."""
+    real `python -m gemfs serve` process, since the benchmark measures it; with `fork` (--quick
+    only) forked from the warm interpreter of tests/launcher.py, as the tests' servers are."""
 
     fork_by_default = False
 
-    def __init__(self, data_dir: Path, latency_ms: int = 0) -> None:
+    def __init__(self, data_dir: Path, latency_ms: int = 0, *, fork: bool = False) -> None:
         args = ["--latency-ms", str(latency_ms)] if latency_ms else []
-        super().__init__(data_dir, keys=[KEY], args=args)
+        super().__init__(data_dir, keys=[KEY], args=args, fork=fork)
 
     def requests(self) -> dict[str, int]:
         return self.admin.stats()
@@ -303,22 +307,24 @@ class BenchServer(ServerProcess):
 
 class BenchMount(MountProcess):
     """The tests' mount (tests/helpers.py) with the benchmark's key, no forced listing TTL, and
-    `gemfs mount`/`unmount` kept safe from Ctrl-C."""
+    `gemfs mount`/`unmount` kept safe from Ctrl-C. Its commands are real `python -m gemfs`
+    processes, since the benchmark measures the daemon; with `fork` (--quick only) forked from
+    the warm interpreter of tests/launcher.py, as the tests' mounts are."""
 
     mount_timeout = 120.0
 
     def __init__(self, root: Path, server: ServerProcess, *, list_ttl: float | None = None,
-                 name: str = "mnt") -> None:
-        super().__init__(root, server, KEY, name=name, list_ttl=list_ttl)
+                 name: str = "mnt", fork: bool = False) -> None:
+        super().__init__(root, server, KEY, name=name, list_ttl=list_ttl, fork=fork)
         self.pid = 0
 
     def gemfs(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
         # Its own session: a Ctrl-C in the terminal must not kill `gemfs mount` after it forked
         # the daemon (which would then mount unseen), nor `gemfs unmount` halfway.
         with sigint_deferred():
-            return subprocess.run([sys.executable, "-m", "gemfs", *args], env=self.env,
-                                  capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                                  start_new_session=True)
+            return launcher.run(list(args), env=self.env, timeout=timeout, cwd=REPO_ROOT,
+                                scratch=self.root / f"{self.path.name}-cli", fork=self.fork,
+                                new_session=True)
 
     def start(self) -> BenchMount:
         proc = self.gemfs("mount", str(self.path), *self.args, timeout=self.mount_timeout)
@@ -375,10 +381,14 @@ def nonzero(counts: dict[str, int]) -> dict[str, int]:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, runs: int, progress: Progress) -> None:
+    def __init__(self, sizes: Sizes, runs: int, progress: Progress, *, fork: bool = False) -> None:
         self.sizes = sizes
         self.runs = runs
         self.p = progress
+        # --quick: servers and mounts forked from one warm interpreter (tests/launcher.py), which
+        # saves each a start of Python and google-genai's imports (~1.5 s of CPU); the full
+        # bench keeps real execs, because it measures those processes (peak RSS above all).
+        self.fork = fork
         self.extra: dict[str, dict[str, Any]] = {}
 
     @contextlib.contextmanager
@@ -411,7 +421,7 @@ class Bench:
 
     def server(self, stack: contextlib.ExitStack, root: Path, name: str,
                latency_ms: int = 0) -> BenchServer:
-        server = BenchServer(root / name, latency_ms)
+        server = BenchServer(root / name, latency_ms, fork=self.fork)
         stack.callback(lambda: server.stop(check=False))  # before start: Ctrl-C may come then
         server.start()
         self.p.say(f"  server up at {server.url} (latency {latency_ms} ms, data {root / name})")
@@ -419,7 +429,7 @@ class Bench:
 
     def mount(self, stack: contextlib.ExitStack, root: Path, server: BenchServer,
               name: str = "mnt", list_ttl: float | None = None) -> BenchMount:
-        mount = BenchMount(root, server, list_ttl=list_ttl, name=name)
+        mount = BenchMount(root, server, list_ttl=list_ttl, name=name, fork=self.fork)
         stack.callback(mount.stop)  # a no-op unless it got mounted
         mount.start()
         self.p.say(f"  mounted {mount.path} (daemon pid {mount.pid})")
@@ -862,7 +872,12 @@ def main(argv: list[str] | None = None) -> int:
     progress.say(f"gemfs bench: {', '.join(cases)}; {runs} run(s) each"
                  f"{' (quick sizes)' if args.quick else ''}")
     progress.say(f"machine: {describe_machine(machine)}; load average {machine['loadavg_start']}")
-    bench = Bench(sizes, runs, progress)
+    bench = Bench(sizes, runs, progress, fork=args.quick)
+    if bench.fork and launcher.forking():
+        # The forkserver's preload (gemfs and google-genai) on one core while this process
+        # imports the SDK, which its SDK side needs anyway, on the other.
+        launcher.warm_up()
+        import google.genai  # noqa: F401
     rows: list[Row] = []
     for case in cases:
         t0 = time.monotonic()

@@ -56,11 +56,24 @@ def _ctx():
     return _context
 
 
-def _child(argv: list[str], env: dict, cwd: str, stdout: str, stderr: str) -> None:
-    """The forked command: the environment, directory and file descriptors `subprocess` would
-    give it, then the CLI; never returns into multiprocessing (its exit code is the CLI's)."""
+def warm_up() -> None:
+    """Start the forkserver now without waiting for it: its preload then runs while the caller
+    does other work, on the other core (the first `spawn` waits for it as usual)."""
+    if forking():
+        from multiprocessing import forkserver
+
+        _ctx()
+        forkserver.ensure_running()
+
+
+def _child(argv: list[str], env: dict, cwd: str, stdout: str, stderr: str,
+           new_session: bool = False) -> None:
+    """The forked command: the environment, directory, session and file descriptors `subprocess`
+    would give it, then the CLI; never returns into multiprocessing (its exit code is the CLI's)."""
     code = 1
     try:
+        if new_session:  # as Popen(start_new_session=True): out of the terminal's Ctrl-C
+            os.setsid()
         os.environ.clear()
         os.environ.update(env)
         os.chdir(cwd)
@@ -124,33 +137,35 @@ class Forked:
 
 
 def spawn(argv: list[str], *, env: dict, stdout: Path, stderr: Path, cwd: Path = REPO_ROOT,
-          fork: bool = True):
+          fork: bool = True, new_session: bool = False):
     """Start `gemfs ARGV` with stdout and stderr appended to files: a `Forked`, or a `Popen` of
-    a real exec without `fork` (or with GEMFS_TEST_EXEC=1)."""
+    a real exec without `fork` (or with GEMFS_TEST_EXEC=1). `new_session`: in a session of its
+    own, as `Popen(start_new_session=True)`."""
     if not (fork and forking()):
         with open(stdout, "ab") as out, open(stderr, "ab") as err:
             return subprocess.Popen(exec_argv(*argv), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, cwd=cwd, env=env)
+                                    stderr=err, cwd=cwd, env=env, start_new_session=new_session)
     # daemon: one a test left running is killed when the test process exits, not waited for.
     process = _ctx().Process(target=_child, args=(list(argv), dict(env), str(cwd), str(stdout),
-                                                  str(stderr)), daemon=True)
+                                                  str(stderr), new_session), daemon=True)
     process.start()
     return Forked(process)
 
 
 def run(argv: list[str], *, env: dict, timeout: float, scratch: Path, cwd: Path = REPO_ROOT,
-        fork: bool = True) -> subprocess.CompletedProcess:
+        fork: bool = True, new_session: bool = False) -> subprocess.CompletedProcess:
     """`subprocess.run(gemfs ARGV, capture_output=True, text=True)`, forked from the warm
-    interpreter (output goes through files under `scratch`), or a real exec without `fork`."""
+    interpreter (output goes through files under `scratch`), or a real exec without `fork`.
+    `new_session` as in `spawn`."""
     if not (fork and forking()):
         return subprocess.run(exec_argv(*argv), env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd)
+                              timeout=timeout, cwd=cwd, start_new_session=new_session)
     scratch.mkdir(parents=True, exist_ok=True)
     n = next(_runs)
     out, err = scratch / f"out-{os.getpid()}-{n}", scratch / f"err-{os.getpid()}-{n}"
     for path in (out, err):
         path.write_bytes(b"")
-    proc = spawn(argv, env=env, stdout=out, stderr=err, cwd=cwd)
+    proc = spawn(argv, env=env, stdout=out, stderr=err, cwd=cwd, new_session=new_session)
     try:
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
