@@ -6,8 +6,7 @@ GEMFS   := $(VENV)/bin/gemfs
 MNT     ?= $(HOME)/gemini
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`: most tests wait on a mount, a server or the kernel, so
-# more workers than the CI machine's 2 cores still shorten the run. loadgroup: a module marked
-# xdist_group (the bench smoke test, whose fixture runs the bench once) stays on one worker.
+# more workers than the CI machine's 2 cores still shorten the run.
 TEST_WORKERS ?= 4
 
 .PHONY: setup system-deps gui-deps mount unmount serve test test-long test-gui bench clean
@@ -59,7 +58,7 @@ serve: setup
 
 # --durations=10: the ten slowest tests, so a test that grows slow is seen in every run.
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
 
 test-long: setup
 	$(PY) -m pytest -m long $(PYTEST_ARGS)
