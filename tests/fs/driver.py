@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -262,12 +263,19 @@ class Driver:
         return self.err("rmdir", path)
 
 
+def _default_signals() -> None:
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def ended_process(sig: int | None = None):
     """The pid of a child that has ended, killed by `sig` (or exited 0 when None), and is not
     reaped yet: its /proc/PID/stat carries how it ended, as that of a task still closing its
     descriptors on the way out does. Set `Driver.pid` to it to make it the closing process."""
-    proc = subprocess.Popen(["sleep", "600"] if sig else ["true"])
+    # Default dispositions in the child: a pytest-xdist worker may have SIGINT ignored, which an
+    # exec keeps, and a `sleep` that ignores SIGINT never ends.
+    proc = subprocess.Popen(["sleep", "600"] if sig else ["true"], preexec_fn=_default_signals)
     if sig:
         proc.send_signal(sig)
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
