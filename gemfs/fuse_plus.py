@@ -89,41 +89,54 @@ class WriteSource:
         return f"<{self.size} bytes>"
 
     def copy_to(self, fd: int, offset: int) -> int:
-        """Write all the bytes to `fd` at `offset`, never through a Python object; returns how
-        many were written (all of them, or an OSError)."""
-        buf, skip, done = self._buf, self._vec.off, 0
-        if buf.flags & FUSE_BUF_IS_FD:
-            if buf.flags & FUSE_BUF_FD_SEEK or skip:  # libfuse gives a fresh pipe, never these
-                raise OSError(errno.EIO, "unexpected fuse_buf in a WRITE request")
-            while done < self.size:
-                try:
-                    n = os.splice(buf.fd, fd, self.size - done, offset_dst=offset + done)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    # A staging directory on a file system that takes no splice: through memory.
-                    chunk = os.read(buf.fd, min(self.size - done, 1 << 20))
-                    n = _pwrite_all(fd, memoryview(chunk), offset + done) if chunk else 0
+        """Write the bytes to `fd` at `offset`, never through a Python object; returns how many
+        were written. A failure after some bytes landed is a short write (their count), as
+        pwrite's own would be, so the caller counts what the file holds; the writer sends the
+        rest again and meets the error then. A failure before any is an OSError."""
+        buf, skip = self._buf, self._vec.off
+        done = 0
+
+        def put(view: memoryview) -> None:
+            nonlocal done
+            at = 0
+            while at < len(view):
+                n = os.pwrite(fd, view[at:], offset + done)
                 if n <= 0:
-                    raise OSError(errno.EIO, "short WRITE request in libfuse's pipe")
+                    raise OSError(errno.EIO, "short write to a staged file")
+                at += n
                 done += n
-        elif self.size:
-            view = memoryview((ctypes.c_char * self.size).from_address(buf.mem + skip))
-            done = _pwrite_all(fd, view, offset)
-        # Consumed: libfuse empties (and reallocates) its pipe when `idx` says it was not.
-        self._vec.off = 0
-        self._vec.idx = self._vec.count
+
+        try:
+            if buf.flags & FUSE_BUF_IS_FD:
+                if buf.flags & FUSE_BUF_FD_SEEK or skip:  # libfuse gives a fresh pipe, never these
+                    raise OSError(errno.EIO, "unexpected fuse_buf in a WRITE request")
+                while done < self.size:
+                    try:
+                        n = os.splice(buf.fd, fd, self.size - done, offset_dst=offset + done)
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:
+                            raise
+                        # A staging directory on a file system that takes no splice: by memory.
+                        chunk = os.read(buf.fd, min(self.size - done, 1 << 20))
+                        if not chunk:
+                            raise OSError(errno.EIO, "short WRITE request in libfuse's pipe") from e
+                        put(memoryview(chunk))
+                        continue
+                    if n <= 0:
+                        raise OSError(errno.EIO, "short WRITE request in libfuse's pipe")
+                    done += n
+            elif self.size:
+                put(memoryview((ctypes.c_char * self.size).from_address(buf.mem + skip)))
+        except OSError:
+            if not done:
+                raise
+        if done == self.size:
+            # Consumed. Left unmarked (an error, a short write), libfuse empties its pipe itself,
+            # so no byte of this request is read as the next one's.
+            self._vec.off = 0
+            self._vec.idx = self._vec.count
         return done
 
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> int:
-    done = 0
-    while done < len(view):
-        n = os.pwrite(fd, view[done:], offset + done)
-        if n <= 0:
-            raise OSError(errno.EIO, "short write to a staged file")
-        done += n
-    return done
 
 # The parameters of Operations.readdir_plus as contrib/mfusepy-readdirplus offers it.
 READDIR_PLUS_PARAMETERS = ["self", "path", "offset", "fh"]

@@ -87,7 +87,11 @@ def pytest_sessionfinish(session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:  # xdist's, on the controller
-    TALLY.merge(getattr(node, "workeroutput", {}).get("tally", {}))
+    tally = getattr(node, "workeroutput", {}).get("tally")
+    if tally is None:  # a worker that crashed hands nothing over: say the sum lacks it
+        TALLY.incomplete = True
+    else:
+        TALLY.merge(tally)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -11,13 +11,17 @@ What a fork cannot show stays with a real exec: a process's command line (a fork
 the forkserver's), its memory figures (it carries the preloaded modules), and `python -m gemfs`
 itself (tests/unit/test_cli.py, tests/server/test_cli.py). Those call `exec_argv` or pass
 `fork=False`. `GEMFS_TEST_EXEC=1` makes every command a real exec, to check that the suite does
-not depend on the shortcut.
+not depend on the shortcut. What a fork does not take from `env`: the interpreter's own start-up
+variables (PYTHONUNBUFFERED, PYTHONIOENCODING...), settled when the forkserver started; and at
+its end it leaves by `os._exit`, without waiting for non-daemon threads as an interpreter would.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import multiprocessing
+import multiprocessing.util  # noqa: F401 (its exit hook is registered before ours)
 import os
 import signal
 import subprocess
@@ -36,6 +40,10 @@ PRELOAD = [
 
 _context = None
 _runs = itertools.count()
+_started: list = []  # every Forked of this process, for _kill_leftovers
+
+
+atexit.register(lambda: _kill_leftovers())  # after multiprocessing's (imported above): runs first
 
 
 def forking() -> bool:
@@ -83,7 +91,12 @@ def _child(argv: list[str], env: dict, cwd: str, stdout: str, stderr: str,
             opened = os.open(path, flags, 0o600)
             os.dup2(opened, fd)
             os.close(opened)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Nothing else of the forkserver's: its pipes to the test process and to multiprocessing's
+        # resource tracker would otherwise live on in a mount daemon, and keep those alive.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        # As a fresh interpreter has them: Ctrl-C is KeyboardInterrupt (cli.main says
+        # "interrupted", 130), SIGTERM ends the process.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.argv = ["gemfs", *argv]
         from gemfs.cli import main
@@ -145,11 +158,23 @@ def spawn(argv: list[str], *, env: dict, stdout: Path, stderr: Path, cwd: Path =
         with open(stdout, "ab") as out, open(stderr, "ab") as err:
             return subprocess.Popen(exec_argv(*argv), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=err, cwd=cwd, env=env, start_new_session=new_session)
-    # daemon: one a test left running is killed when the test process exits, not waited for.
     process = _ctx().Process(target=_child, args=(list(argv), dict(env), str(cwd), str(stdout),
                                                   str(stderr), new_session), daemon=True)
     process.start()
-    return Forked(process)
+    forked = Forked(process)
+    _started.append(forked)
+    return forked
+
+
+def _kill_leftovers() -> None:
+    """At the test process's exit, before multiprocessing's own exit hook (atexit runs the last
+    registered first), which SIGTERMs daemonic children and joins them with no timeout: a
+    command a test left running (a server, `mount -f`) is SIGKILLed, so the join cannot hang."""
+    for forked in _started:
+        try:
+            forked.kill()
+        except (OSError, ValueError):
+            pass
 
 
 def run(argv: list[str], *, env: dict, timeout: float, scratch: Path, cwd: Path = REPO_ROOT,

@@ -34,7 +34,7 @@ class Tally:
     def as_dict(self) -> dict:
         with self._lock:
             return {k: (dict(v) if isinstance(v, dict) else v)
-                    for k, v in vars(self).items() if not k.startswith("_")}
+                    for k, v in vars(self).items() if not k.startswith("_") and k != "incomplete"}
 
     def merge(self, other: dict) -> None:
         """Add another process's `as_dict()`: counts add up, per-fault/per-upload maxima max."""
@@ -46,6 +46,8 @@ class Tally:
                         mine[when] = max(mine.get(when, 0), n)
                 else:
                     setattr(self, name, mine + value)
+
+    incomplete = False  # a pytest-xdist worker crashed and its counts are missing
 
     def any(self) -> bool:
         return bool(self.faults_injected or self.bytes_written or self.fuzz_requests)
@@ -71,7 +73,9 @@ class Tally:
                 f"{self.resent_per_fault['before']} per fault and "
                 f"{self.resent_per_upload['before']} per upload for faults before the handler, "
                 f"{self.resent_per_fault['after']} and {self.resent_per_upload['after']} after), "
-                f"{self.fuzz_requests} fuzz requests")
+                f"{self.fuzz_requests} fuzz requests"
+                + (" (incomplete: a test worker crashed before handing its counts over)"
+                   if self.incomplete else ""))
 
 
 TALLY = Tally()

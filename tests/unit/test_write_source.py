@@ -108,3 +108,36 @@ def test_a_target_that_refuses_splice_gets_the_bytes_through_memory(tmp_path):
     finally:
         for fd in (r, w, target):
             os.close(fd)
+
+
+def test_a_failure_after_some_bytes_is_a_short_write(tmp_path, monkeypatch):
+    """pwrite lands 50,000 bytes, then the disk is full: the WRITE answers 50,000 (the writer
+    sends the rest again and meets ENOSPC itself), the staged size counts just those, and the request is not marked consumed (libfuse then empties its pipe itself)."""
+    area, f = staged(tmp_path)
+    data = os.urandom(200_000)
+    vec, _backing = memory_vec(data)
+    real_pwrite, calls = os.pwrite, []
+
+    def disk_fills(fd, view, at):
+        calls.append(at)
+        if len(calls) == 1:
+            return real_pwrite(fd, view[:50_000], at)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", disk_fills)
+    source = WriteSource(ctypes.pointer(vec))
+    assert f.write_from(source.size, 0, source.copy_to) == 50_000
+    monkeypatch.undo()
+    assert calls == [0, 50_000]
+    assert f.size == 50_000 and os.fstat(f.fd).st_size == 50_000
+    assert vec.idx == 0
+    with open(f.path, "rb") as staged_bytes:
+        assert staged_bytes.read() == data[:50_000]
+    calls.clear()
+    monkeypatch.setattr(os, "pwrite", disk_fills)
+    calls.append("first call already made")  # every pwrite now fails: nothing lands
+    vec2, _backing2 = memory_vec(b"x" * 10)
+    source = WriteSource(ctypes.pointer(vec2))
+    with pytest.raises(OSError) as failed:
+        f.write_from(source.size, 50_000, source.copy_to)
+    assert failed.value.errno == errno.ENOSPC and f.size == 50_000
