@@ -61,13 +61,15 @@ def two_mounts(root, server):
 
 
 def seen_by(mount: Mount, shown: Callable[[], bool], what: str) -> None:
-    """Poll `mount` (only it: the other mount stays idle, so every listing counted is its own)
-    until `shown`, and check it took a listing of its own, and no more than a TTL-driven
-    refresh costs: the change came through the listing, not a remount, and not late."""
+    """Poll `mount` until `shown`, and check it took a listing of its own, and no more than a
+    TTL-driven refresh costs: the change came through the listing, not a remount, and not late.
+    The server counts the project's listings, so one more is allowed: the other mount's own
+    command may have started a background refresh (its snapshot past the TTL) that lands in
+    the window."""
     lists = mount.server.admin.stats()["list"]
     wait_for(shown, timeout=HANG_GUARD, what=what)
     made = mount.server.admin.stats()["list"] - lists
-    assert 1 <= made <= LISTINGS_TO_SEE_A_CHANGE, f"{what}: after {made} listings"
+    assert 1 <= made <= LISTINGS_TO_SEE_A_CHANGE + 1, f"{what}: after {made} listings"
 
 
 def files_in(mount: Mount) -> set[str]:
