@@ -801,22 +801,24 @@ class GemFS(Operations):
 
     @fuse_op
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        return self._write(fh, len(data), offset, lambda fd, at: os.pwrite(fd, data, at))
+        return self._write(fh, lambda staged: staged.write(data, offset))
 
     @fuse_op
     def write_buf(self, path: str, source, offset: int, fh: int) -> int:
         """WRITE with the bytes still in libfuse (fuse_plus.WriteSource): they go into the staged
         file in the kernel, never through a Python object."""
-        return self._write(fh, source.size, offset, source.copy_to)
+        return self._write(fh, lambda staged: staged.write_from(source.size, offset, source.copy_to))
 
-    def _write(self, fh: int, length: int, offset: int, copy) -> int:
+    def _write(self, fh: int, write) -> int:
+        """`write(staged file) -> bytes written`, on a pending file's own terms: its old bytes
+        copied in first if needed, a failure kept for its close to report."""
         obj = self._handle(fh)
         if not isinstance(obj, Pending):
             raise GemfsError(errno.EBADF)
         with obj.lock:
             self._materialize(obj)
             try:
-                written = obj.staged.write_from(length, offset, copy)
+                written = write(obj.staged)
             except (OSError, GemfsError) as e:
                 obj.error = e.errno
                 raise
