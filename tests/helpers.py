@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -223,24 +222,13 @@ class ServerProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.keys:
             self.key_file.write_text("".join(k + "\n" for k in self.keys))
-        if self.fork:
-            # Forked from a warm interpreter (tests/launcher.py); stdout is a file the listening
-            # line is read from.
-            out = self.log_file.with_suffix(".out")
-            out.write_bytes(b"")
-            self.proc = launcher.spawn(self.command(port)[3:], env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                       stdout=out, stderr=self.log_file)
-            self.url = self._await_listening_in(out)
-        else:
-            with open(self.log_file, "ab") as log:
-                self.proc = subprocess.Popen(
-                    self.command(port),
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    cwd=REPO_ROOT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-            self.url = self._await_listening_line()
+        # Forked from a warm interpreter unless self.fork is off (tests/launcher.py); stdout goes
+        # to a file the listening line is read from.
+        out = self.log_file.with_suffix(".out")
+        out.write_bytes(b"")
+        self.proc = launcher.spawn(self.command(port)[3:], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   stdout=out, stderr=self.log_file, fork=self.fork)
+        self.url = self._await_listening_in(out)
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
 
@@ -259,36 +247,6 @@ class ServerProcess:
                 self.kill()
                 raise AssertionError(f"server did not start in time:\n{self.stderr_text()}")
             time.sleep(0.01)
-
-    def _await_listening_line(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        lines: queue.Queue[bytes] = queue.Queue()
-        stdout = self.proc.stdout
-
-        def pump() -> None:
-            for raw in iter(stdout.readline, b""):
-                lines.put(raw)
-            lines.put(b"")
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            try:
-                raw = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                self.kill()
-                raise AssertionError(
-                    f"server did not start in time:\n{self.stderr_text()}"
-                ) from None
-            if not raw:
-                code = self.proc.wait(5)
-                self.proc = None
-                raise AssertionError(
-                    f"server exited with {code} before listening:\n{self.stderr_text()}"
-                )
-            m = LISTENING_RE.match(raw.decode().rstrip("\n"))
-            if m:
-                return m.group(1)
 
     def stop(self, timeout: float = 15.0, *, check: bool = True) -> int:
         """SIGTERM and wait; with `check`, asserts the clean exit status 0."""
