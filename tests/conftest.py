@@ -4,39 +4,20 @@ workers."""
 
 from __future__ import annotations
 
-import functools
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DEFAULT_KEYS, ServerProcess
+from tests.helpers import DEFAULT_KEYS, ServerProcess, shared_default_context
 from tests.tally import TALLY
 
 KEY_A, KEY_B = DEFAULT_KEYS
 
-# Every google-genai Client builds four TLS contexts and every httpx client one, each reading
-# certifi's CA bundle (~50 ms of CPU apiece), and the tests make a few hundred clients, all of
-# plain-http servers: ~0.2 s of CPU per client. In the test processes only (the gemfs processes
-# they start build their own), one context per set of arguments, shared.
-_create_default_context = ssl.create_default_context
-
-
-@functools.cache
-def _shared_context(purpose, cafile, capath, cadata):
-    return _create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
-
-
-def _cached_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None,
-                            cadata=None):
-    try:
-        return _shared_context(purpose, cafile, capath, cadata)
-    except TypeError:  # unhashable cadata: as asked
-        return _create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
-
-
-ssl.create_default_context = _cached_default_context
+# One TLS context per set of arguments in the test processes: SDK and httpx clients of the
+# plain-http test servers need none of their own (tests/helpers.shared_default_context).
+ssl.create_default_context = shared_default_context
 
 
 @pytest.fixture

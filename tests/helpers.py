@@ -9,13 +9,14 @@ Other test folders and bench/run.py import these (`from tests.helpers import Ser
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -33,21 +34,26 @@ LISTENING_RE = re.compile(r"^gemfs serve: listening on (http://\S+)$")
 DEFAULT_KEYS = ("key-a", "key-b")
 ADMIN = "/_gemfs/admin"
 
-# Guards the creation of _SSL_CONTEXT (once; it is only read after that). No other lock is taken
-# while holding it.
-_ssl_lock = threading.Lock()
-_SSL_CONTEXT = None
+_create_default_context = ssl.create_default_context
 
 
-def _ssl_context() -> Any:
-    """One TLS context for every httpx client of the tests. The servers speak plain http, but
-    httpx builds a context (reading certifi's CA bundle, ~55 ms of CPU) for each client it makes
-    unless given one, and the admin API makes a client per call."""
-    global _SSL_CONTEXT
-    with _ssl_lock:
-        if _SSL_CONTEXT is None:
-            _SSL_CONTEXT = httpx.create_ssl_context()
-        return _SSL_CONTEXT
+@functools.cache
+def _shared_context(purpose, cafile, capath, cadata):
+    return _create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+
+def shared_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None,
+                           cadata=None):
+    """`ssl.create_default_context`, made once per set of arguments and then shared. The test
+    servers speak plain http, but every httpx client builds a TLS context unless given one, and
+    every google-genai Client four, each reading certifi's CA bundle (~50 ms of CPU apiece): the
+    admin API makes a client per call, the tests a few hundred SDK clients. ServerProcess.http
+    passes it; tests/conftest.py installs it as `ssl.create_default_context` in the test
+    processes (the gemfs processes they start build their own)."""
+    try:
+        return _shared_context(purpose, cafile, capath, cadata)
+    except TypeError:  # unhashable cadata: as asked
+        return _create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
 
 
 class FakeTime:
@@ -322,7 +328,7 @@ class ServerProcess:
 
     def http(self, **kwargs: Any) -> httpx.Client:
         """A plain httpx client with this server as base URL (for raw wire checks)."""
-        kwargs.setdefault("verify", _ssl_context())
+        kwargs.setdefault("verify", shared_default_context())
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
 
 
