@@ -292,8 +292,6 @@ class BenchServer(ServerProcess):
     real `python -m gemfs serve` process, since the benchmark measures it; with `fork` (--quick
     only) forked from the warm interpreter of tests/launcher.py, as the tests' servers are."""
 
-    fork_by_default = False
-
     def __init__(self, data_dir: Path, latency_ms: int = 0, *, fork: bool = False) -> None:
         args = ["--latency-ms", str(latency_ms)] if latency_ms else []
         super().__init__(data_dir, keys=[KEY], args=args, fork=fork)

@@ -177,8 +177,6 @@ class ServerProcess:
     port was taken meanwhile the server comes back on a new one and `.url` changes.
     """
 
-    fork_by_default = True
-
     def __init__(
         self,
         data_dir: Path,
@@ -187,12 +185,12 @@ class ServerProcess:
         args: Iterable[str] = (),
         admin: bool = True,
         startup_timeout: float = 30.0,
-        fork: bool | None = None,
+        fork: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
-        # forked from a warm interpreter (tests/launcher.py) unless told otherwise or the class
-        # says so (bench/run.py's server is a real exec: it measures the process)
-        self.fork = launcher.forking() and (self.fork_by_default if fork is None else fork)
+        # forked from a warm interpreter (tests/launcher.py) unless told otherwise (bench/run.py's
+        # full run: it measures the process)
+        self.fork = launcher.forking() and fork
         self.keys = tuple(keys)
         self.args = list(args)
         self.admin_enabled = admin
