@@ -37,7 +37,14 @@ from gemfs.server.responses import (
     error_response,
     json_response,
 )
-from gemfs.server.store import FileRecord, Overflow, Store, UploadSession
+from gemfs.server.store import (
+    FileRecord,
+    FileTooLarge,
+    Overflow,
+    QuotaExceeded,
+    Store,
+    UploadSession,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +175,8 @@ class FilesApi(Plumbing):
             raise errors.invalid_argument(wire.MSG_MISSING_MIME)
         size = _parse_size(
             request.headers.get("x-goog-upload-header-content-length")
-            or _either(meta, "sizeBytes", "size_bytes")
+            or _either(meta, "sizeBytes", "size_bytes"),
+            required=self.config.require_upload_size,
         )
         token, _ = await run_sync(
             lambda: self.store.start_upload(
@@ -247,14 +255,18 @@ class FilesApi(Plumbing):
                 await discard_body(request)
             if "finalize" not in commands:
                 return _progress(session)
-            if session.received != session.declared:
+            if session.sized and session.received != session.declared:
                 await run_sync(self.store.end_session, session)
                 raise errors.invalid_argument(
                     wire.MSG_SIZE_MISMATCH.format(
                         received=session.received, declared=session.declared
                     )
                 ).upload_final()
-            rec = await run_sync(self.store.finalize_upload, session)
+            try:
+                rec = await run_sync(self.store.finalize_upload, session)
+            except (FileTooLarge, QuotaExceeded) as exc:  # only for a session of unknown size
+                await run_sync(self.store.end_session, session)
+                raise errors.from_store(exc).upload_final() from None
             log.debug("upload finalized: files/%s, %d bytes", rec.id, rec.size_bytes)
             return _final(self.render(rec), rec.size_bytes)
 
@@ -267,23 +279,36 @@ class FilesApi(Plumbing):
     async def _receive_chunk(
         self, request: Request, session: UploadSession, offset: int
     ) -> UploadSession:
-        writer = await run_sync(self.store.begin_chunk, session)
+        try:
+            # A chunk that cannot fit a session of unknown size is refused before its bytes
+            # are written, when the request says how many there are.
+            writer = await run_sync(self.store.begin_chunk, session, _content_length(request))
+        except (FileTooLarge, QuotaExceeded) as exc:
+            await discard_body(request)
+            await run_sync(self.store.end_session, session)
+            raise errors.from_store(exc).upload_final() from None
         try:
             await self.pump_body(request, writer.write)
-        except Overflow:
+        except (Overflow, FileTooLarge, QuotaExceeded) as exc:
             writer.discard()
             await discard_body(request)
             await run_sync(self.store.end_session, session)
-            raise errors.invalid_argument(
-                wire.MSG_TOO_MANY_BYTES.format(declared=session.declared)
-            ).upload_final() from None
+            if isinstance(exc, Overflow):
+                raise errors.invalid_argument(
+                    wire.MSG_TOO_MANY_BYTES.format(declared=session.declared)
+                ).upload_final() from None
+            raise errors.from_store(exc).upload_final() from None
         except BaseException:
             # Client gone, task cancelled or disk error: the session stays as before this chunk.
             # Inline rather than in a thread so that it also runs under cancellation; it only
             # truncates and closes one file.
             writer.discard()
             raise
-        return await run_sync(writer.commit, offset)
+        try:
+            return await run_sync(writer.commit, offset)
+        except QuotaExceeded as exc:  # other sessions of the project grew meanwhile
+            await run_sync(self.store.end_session, session)
+            raise errors.from_store(exc).upload_final() from None
 
     async def _after_final(
         self, request: Request, session: UploadSession, offset: int, commands: set[str]
@@ -412,8 +437,12 @@ def _either(meta: dict, camel: str, snake: str) -> object:
     return meta.get(snake) if value is None else value
 
 
-def _parse_size(value: object) -> int:
+def _parse_size(value: object, *, required: bool) -> int | None:
+    """The declared size of an upload; None if not given and not `required` (wire
+    `UNSIZED_UPLOADS_ACCEPTED`)."""
     if value is None or value == "":
+        if not required:
+            return None
         raise errors.invalid_argument(wire.MSG_MISSING_SIZE)
     if isinstance(value, bool):
         raise errors.invalid_argument(wire.MSG_INVALID_SIZE.format(value=value))
@@ -424,6 +453,15 @@ def _parse_size(value: object) -> int:
     if size < 0:
         raise errors.invalid_argument(wire.MSG_INVALID_SIZE.format(value=value))
     return size
+
+
+def _content_length(request: Request) -> int | None:
+    """The body size the request announced, if it did (not with chunked transfer encoding)."""
+    try:
+        length = int(request.headers.get("content-length", ""), 10)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
 
 
 def _key_may_use(request: Request, session: UploadSession) -> bool:

@@ -44,6 +44,9 @@ class ServerConfig:
     public_url: str | None = None
     sweep_interval_seconds: float = DEFAULT_SWEEP_INTERVAL_SECONDS
     access_log: bool = False
+    # Refuse an upload start without a size (400), as a service that needs it would; the
+    # default accepts it (wire.UNSIZED_UPLOADS_ACCEPTED).
+    require_upload_size: bool = not wire.UNSIZED_UPLOADS_ACCEPTED
 
     @property
     def open_mode(self) -> bool:

@@ -194,6 +194,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="log every request to stderr (API keys and upload ids are redacted)",
     )
+    parser.add_argument(
+        "--require-upload-size",
+        action="store_true",
+        help="refuse an upload start that does not give the size (400), as a service that "
+        "needs it would; by default the size may be left unknown until finalize",
+    )
 
 
 def _read_keys(args: argparse.Namespace) -> frozenset[str]:
@@ -238,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         public_url=args.public_url,
         sweep_interval_seconds=args.sweep_interval,
         access_log=args.access_log,
+        require_upload_size=args.require_upload_size,
     )
 
 

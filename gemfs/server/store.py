@@ -98,6 +98,11 @@ _SESSION_COLUMNS = (
 SESSION_ACTIVE = "active"
 SESSION_FINAL = "final"
 
+# `sessions.declared` of a session started without a size (wire.UNSIZED_UPLOADS_ACCEPTED): a
+# value no sized session can have, so old data directories need no schema change. Such a session
+# reserves what it has received, and its limits are checked as the bytes arrive.
+UNKNOWN_SIZE = -1
+
 
 # --- Records and errors ------------------------------------------------------------------------
 
@@ -137,6 +142,10 @@ class UploadSession:
     @property
     def finalized(self) -> bool:
         return self.state == SESSION_FINAL
+
+    @property
+    def sized(self) -> bool:
+        return self.declared != UNKNOWN_SIZE
 
 
 class StoreError(Exception):
@@ -229,23 +238,29 @@ def token_key(token: str) -> str:
 
 class ChunkWriter:
     """Appends one chunk to an upload session's partial file. Nothing counts until `commit`;
-    `discard` leaves the session exactly as it was before the chunk."""
+    `discard` leaves the session exactly as it was before the chunk.
 
-    def __init__(self, store: Store, session: UploadSession) -> None:
+    A sized session takes bytes up to its declared size (more: `Overflow`). An unknown-size one
+    takes them while the File stays within the per-file limit (`FileTooLarge`) and the project
+    within its quota as it stood when the chunk began (`QuotaExceeded`); `commit` re-checks the
+    quota, since other sessions of the project may have grown meanwhile."""
+
+    def __init__(self, store: Store, session: UploadSession, room: int, used: int) -> None:
         self._store = store
         self._session = session
+        self._used = used
         self._hasher = store._hasher_for(session).copy()
         path = store._partial_path(session.key)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "r+b", buffering=0)
         self._file.truncate(session.received)
         self._file.seek(session.received)
-        self._room = session.declared - session.received
+        self._room = room
         self.written = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.written + len(data) > self._room:
-            raise Overflow()
+            raise self._store._over_room(self._session, self._used, self.written + len(data))
         view = memoryview(data)
         while view:
             n = self._file.write(view)
@@ -429,15 +444,18 @@ class Store:
             "SELECT COALESCE(SUM(size_bytes), 0) FROM files WHERE project=? AND expire_us>?",
             (project, now),
         ).fetchone()[0]
+        # A sized session reserves its declared size, an unknown-size one what it has received.
+        live_since = now - _us(self.limits.session_lifetime_seconds)
         reserved = db.execute(
-            "SELECT COALESCE(SUM(declared), 0) FROM sessions "
-            "WHERE project=? AND state=? AND create_us>?",
-            (project, SESSION_ACTIVE, now - _us(self.limits.session_lifetime_seconds)),
+            "SELECT COALESCE(SUM(CASE WHEN declared=? THEN received ELSE declared END), 0) "
+            "FROM sessions WHERE project=? AND state=? AND create_us>?",
+            (UNKNOWN_SIZE, project, SESSION_ACTIVE, live_since),
         ).fetchone()[0]
         return files + reserved
 
     def usage(self, project: str) -> int:
-        """Bytes counted against the project's quota: live Files plus open upload sessions."""
+        """Bytes counted against the project's quota: live Files plus open upload sessions
+        (declared sizes, or bytes received for sessions of unknown size)."""
         with self._db_lock:
             return self._usage(self._db, project, self.now_us())
 
@@ -660,14 +678,15 @@ class Store:
         name: str | None,
         display_name: str | None,
         mime_type: str,
-        size: int,
+        size: int | None,
     ) -> tuple[str, UploadSession]:
         """Opens a session and reserves its declared size; returns (token, session). The token
-        is the bearer secret of the upload URL and is not kept anywhere."""
+        is the bearer secret of the upload URL and is not kept anywhere. A session of unknown
+        size (`size` None) reserves nothing yet, but a full project still refuses it here."""
         token = secrets.token_urlsafe(wire.UPLOAD_TOKEN_BYTES)
         with self._tx() as db:
             now = self.now_us()
-            self._admit(db, project, size, now)
+            self._admit(db, project, 0 if size is None else size, now)
             file_id = self._claim_name(db, project, name, now)
             session = UploadSession(
                 key=token_key(token),
@@ -675,7 +694,7 @@ class Store:
                 file_id=file_id,
                 display_name=display_name,
                 mime_type=mime_type,
-                declared=size,
+                declared=UNKNOWN_SIZE if size is None else size,
                 received=0,
                 last_offset=None,
                 last_length=None,
@@ -696,8 +715,29 @@ class Store:
         )
         return UploadSession(*rows[0]) if rows else None
 
-    def begin_chunk(self, session: UploadSession) -> ChunkWriter:
-        return ChunkWriter(self, session)
+    def begin_chunk(self, session: UploadSession, length: int | None = None) -> ChunkWriter:
+        """A writer for the next chunk, whose size is `length` if the request said so. For a
+        session of unknown size a chunk that cannot fit the per-file limit or the quota is
+        refused here, before any of its bytes reach the disk."""
+        if session.sized:
+            return ChunkWriter(self, session, session.declared - session.received, 0)
+        with self._db_lock:
+            used = self._usage(self._db, session.project, self.now_us())
+        room = min(
+            self.limits.max_file_size - session.received, self.limits.project_quota - used
+        )
+        if length is not None and length > max(room, 0):
+            raise self._over_room(session, used, length)
+        return ChunkWriter(self, session, room, used)
+
+    def _over_room(self, session: UploadSession, used: int, length: int) -> StoreError:
+        """Why `length` more bytes do not fit a session: the per-file limit first, then the
+        quota (for which `used` already counts the session's received bytes)."""
+        if not session.sized and session.received + length > self.limits.max_file_size:
+            return FileTooLarge(session.received + length, self.limits.max_file_size)
+        if not session.sized:
+            return QuotaExceeded(used, length, self.limits.project_quota)
+        return Overflow()
 
     def _partial_path(self, key: str) -> Path:
         return self._uploads / key
@@ -736,6 +776,10 @@ class Store:
                 "WHERE key=? AND state=? AND received=?",
                 (received, offset, length, session.key, SESSION_ACTIVE, session.received),
             ).rowcount
+            if updated and length and not session.sized:
+                # Other sessions of the project may have grown since the chunk began; the
+                # transaction makes the check and the new reservation one step.
+                self._check_quota(db, session.project)
         if not updated:
             raise SessionGone("session changed while a chunk was being written")
         with self._hash_lock:
@@ -744,8 +788,13 @@ class Store:
             session, received=received, last_offset=offset, last_length=length
         )
 
+    def _check_quota(self, db: sqlite3.Connection, project: str) -> None:
+        used = self._usage(db, project, self.now_us())
+        if used > self.limits.project_quota:
+            raise QuotaExceeded(used, 0, self.limits.project_quota)
+
     def finalize_upload(self, session: UploadSession) -> FileRecord:
-        if session.received != session.declared:
+        if session.sized and session.received != session.declared:
             raise SizeMismatch(f"{session.received} != {session.declared}")
         digest = self._hasher_for(session).hexdigest()
         partial = self._partial_path(session.key)
@@ -772,6 +821,13 @@ class Store:
                     source=wire.SOURCE_UPLOADED,
                     blob=blob,
                 )
+                if not session.sized:
+                    # Its bytes were admitted chunk by chunk; the limits may have been lowered
+                    # since (a restart with other options). Checked with the File in place of
+                    # the session's reservation, in the transaction that makes the swap.
+                    if session.received > self.limits.max_file_size:
+                        raise FileTooLarge(session.received, self.limits.max_file_size)
+                    self._check_quota(db, session.project)
         except BaseException:
             self._unlink_blob(blob)
             raise

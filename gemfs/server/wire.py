@@ -206,7 +206,13 @@ MSG_DISPLAY_NAME_TOO_LONG = "Display name must be at most 512 characters."
 MSG_INVALID_DISPLAY_NAME = "Invalid display name: it must be a string."
 # §9.8 (UNK): missing MIME type -> 400 at start.
 MSG_MISSING_MIME = "Missing MIME type: set X-Goog-Upload-Header-Content-Type or file.mimeType."
-# UNK: the size is required at start so that limits can be checked there (§9.10).
+# §12 (UNK): Google's resumable protocol lets a client start without a size (the total is what
+# has arrived at `upload, finalize`), and Google's own clients use that; whether Gemini accepts it
+# is not recorded. We accept it, so that a client may start uploading a file still being written:
+# the per-file limit and the quota are then checked as the bytes arrive (a chunk over either ends
+# the session with the error a start would get). `gemfs serve --require-upload-size` refuses
+# such a start with 400 MSG_MISSING_SIZE instead, for clients to test their fallback.
+UNSIZED_UPLOADS_ACCEPTED = True
 MSG_MISSING_SIZE = "Missing upload size: set X-Goog-Upload-Header-Content-Length or file.sizeBytes."
 MSG_INVALID_SIZE = "Invalid upload size: {value!r}."
 # UNK: only the resumable protocol (the one the SDK uses, §2.2) is implemented.

@@ -233,7 +233,8 @@ def test_start_validation(http: httpx.Client) -> None:
         headers={**base, "X-Goog-Upload-Header-Content-Type": "a/b"},
         json={},
     )
-    assert error_of(no_size)[:2] == (400, "INVALID_ARGUMENT")
+    # Accepted: the size may stay unknown until finalize (tests/server/test_unsized.py).
+    assert no_size.status_code == 200, no_size.text
     bad_size = http.post(
         "/upload/v1beta/files",
         headers={
