@@ -37,7 +37,7 @@ from google.genai import types
 
 from gemfs.errors import ApiFailure, GemfsError, errno_for, failure_from_answer
 from gemfs.model import FileRecord
-from gemfs.upload import DEFAULT_CHUNK_SIZE, UploadResult, Uploader
+from gemfs.upload import DEFAULT_CHUNK_SIZE, UploadResult, Uploader, UploadStream
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,11 @@ class Remote:
                         progress: Callable[[int], None] | None = None) -> UploadResult:
         """As `upload`, with the verified SHA-256 (hex), bytes re-sent and sessions used."""
         return self.uploader.upload(fd, size, display_name, mime_type, progress)
+
+    def stream(self, fd: int, display_name: str, mime_type: str) -> UploadStream | None:
+        """An upload that starts before `fd` is fully written (gemfs/upload.py UploadStream), or
+        None when this server wants sizes at start."""
+        return self.uploader.stream(fd, display_name, mime_type)
 
     def download(self, file_id: str, destination: str) -> None:
         """Stream a generated File's bytes into `destination`."""

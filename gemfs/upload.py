@@ -129,7 +129,7 @@ class _Transfer:
     which the read-ahead task alone touches while it runs)."""
 
     fd: int
-    size: int
+    size: int | None  # None while a stream's size is not known yet (UploadStream)
     display_name: str
     mime_type: str
     progress: Callable[[int], None] | None
@@ -203,32 +203,46 @@ class Uploader:
         self._delete = delete
         self._on_request = on_request
         self._chunk_size = chunk_size
+        # Set once, by the first start without a size that the server refused with a 4xx:
+        # streams are then never tried again in this process (a bool, read without a lock).
+        self.unsized_refused = False
 
     def upload(self, fd: int, size: int, display_name: str, mime_type: str,
                progress: Callable[[int], None] | None = None) -> UploadResult:
         t = _Transfer(fd, size, display_name, mime_type, progress)
+        return self._complete(t, "start", 0)
+
+    def stream(self, fd: int, display_name: str, mime_type: str) -> "UploadStream | None":
+        """An upload of a file still being written (UploadStream), or None when this server has
+        refused a start without a size before (files-api-wire.md §12: UNK for the Gemini
+        endpoint); then the file goes up whole at its close, as with `upload`."""
+        if self.unsized_refused:
+            return None
+        return UploadStream(self, _Transfer(fd, None, display_name, mime_type, None))
+
+    def _complete(self, t: _Transfer, state: str, offset: int) -> UploadResult:
+        """Run `t` to its File from `state` ("start", "query" or "send" at `offset`), check
+        the bytes' hash, and report."""
         retry = _Retry(self._deadline, self._clock, self._sleep)
         try:
-            file_json = self._run(t, retry)
+            file_json = self._run(t, retry, state, offset)
             digest = self._finish_hash(t)
         finally:
             if t.hashing is not None:  # a read-ahead left by a failure: let it end, quietly
                 wait([t.hashing])
         record = FileRecord.from_api(file_json)
         self._verify(t, record, digest)
-        t.report(size)
-        if t.reported < 0 and progress:
-            progress(0)
+        t.report(t.size)
+        if t.reported < 0 and t.progress:
+            t.progress(0)
         log.debug("upload %s: files/%s, %d bytes, %d re-sent, %d session(s)",
-                  t.label, record.id, size, t.resent, t.sessions)
+                  t.label, record.id, t.size, t.resent, t.sessions)
         return UploadResult(record, digest, t.resent, t.sessions)
 
     # --- the state machine ----------------------------------------------------------------
 
-    def _run(self, t: _Transfer, retry: _Retry) -> dict:
+    def _run(self, t: _Transfer, retry: _Retry, state: str = "start", offset: int = 0) -> dict:
         """Start, send, and after each unclear failure query; returns the File's JSON."""
-        state = "start"
-        offset = 0
         while True:
             try:
                 if state == "start":
@@ -256,11 +270,13 @@ class Uploader:
             "Content-Type": "application/json",
             "X-Goog-Upload-Protocol": "resumable",
             "X-Goog-Upload-Command": "start",
-            "X-Goog-Upload-Header-Content-Length": str(t.size),
             "X-Goog-Upload-Header-Content-Type": t.mime_type,
         })
-        body = json.dumps({"file": {"display_name": t.display_name, "mime_type": t.mime_type,
-                                    "size_bytes": t.size}}).encode()
+        meta: dict = {"display_name": t.display_name, "mime_type": t.mime_type}
+        if t.size is not None:  # a stream's start says nothing: its finalize ends it
+            headers["X-Goog-Upload-Header-Content-Length"] = str(t.size)
+            meta["size_bytes"] = t.size
+        body = json.dumps({"file": meta}).encode()
         label = f"session#{next(_SESSION_NUMBERS)}"
         resp = self._post(self._start_url, headers, body, "upload start", label)
         if resp.status_code != 200:
@@ -275,7 +291,8 @@ class Uploader:
         t.url, t.label = url, label
         t.sessions += 1
         t.final_offset = None
-        log.debug("upload %s started: %d bytes in chunks of %d", label, t.size, t.chunk)
+        log.debug("upload %s started: %s bytes in chunks of %d", label,
+                  "unknown" if t.size is None else t.size, t.chunk)
 
     def _query(self, t: _Transfer) -> int | dict:
         """Ask the session where it is: the offset to go on from, or the File it already made."""
@@ -306,18 +323,26 @@ class Uploader:
         log.debug("upload %s: the server has %s of %d bytes", t.label, received, t.size)
         return int(received)
 
-    def _send(self, t: _Transfer, offset: int, retry: _Retry) -> dict:
-        """Send the chunks from `offset` on; returns the File's JSON from the finalize answer."""
+    def _send(self, t: _Transfer, offset: int, retry: _Retry, upto: int | None = None,
+              stop: Callable[[], bool] = lambda: False) -> dict | int:
+        """Send the chunks from `offset` on; returns the File's JSON from the finalize answer.
+        With `upto` (a stream, size not known yet): only the whole chunks that end by `upto`,
+        none of them final, until `stop()` says so; returns the offset reached."""
         assert t.url is not None
+        end = t.size if upto is None else upto
         while True:
-            length = min(t.chunk, t.size - offset)
-            last = offset + length >= t.size
+            if upto is not None and (offset + t.chunk > upto or stop()):
+                return offset
+            length = min(t.chunk, end - offset)
+            last = upto is None and offset + length >= end
             data = self._load(t, offset, length)
-            if not last:  # read and hash the next chunk while this one is on the wire
-                self._prefetch(t, offset + length, min(t.chunk, t.size - offset - length))
+            after = offset + length
+            if not last and (upto is None or after + t.chunk <= upto):
+                # read and hash the next chunk while this one is on the wire
+                self._prefetch(t, after, min(t.chunk, end - after))
             if offset < t.sent_upto:
                 t.resent += min(length, t.sent_upto - offset)
-            t.sent_upto = max(t.sent_upto, offset + length)
+            t.sent_upto = max(t.sent_upto, after)
             command = "upload, finalize" if last else "upload"
             if last:
                 t.final_offset = offset
@@ -337,8 +362,7 @@ class Uploader:
             received = resp.headers.get("x-goog-upload-size-received", "")
             if status != "active":
                 raise _Fault(_garbled("upload chunk", f"status {status or 'missing'}"))
-            offset = int(received) if received.isdigit() and int(received) <= t.size else (
-                offset + length)
+            offset = int(received) if received.isdigit() and int(received) <= end else after
             if offset > t.acked_upto:
                 # Only new ground restarts the deadline: a session that keeps dying after its
                 # first chunk must not retry forever.
@@ -429,6 +453,87 @@ class Uploader:
         except GemfsError as e:
             log.error("could not delete the damaged files/%s: %s", record.id, e)
         raise GemfsError(errno.EIO, f"files/{record.id} does not hold the bytes that were sent")
+
+
+class UploadStream:
+    """An upload that starts while its file is still being written (`Uploader.stream`): the
+    session starts with no size, whole chunks go out as they are written (`send`), and `finish`
+    sends the rest and finalizes, under the same rules as `Uploader.upload` (a fault is resolved
+    by `query`, a lost finalize answer by the session's `final`). `send` never retries: after a
+    fault it stops, and `finish` resolves the session. Used by one thread at a time (the
+    streamer's, then, once that has stopped, the closer's)."""
+
+    def __init__(self, uploader: Uploader, t: _Transfer) -> None:
+        self._up, self._t = uploader, t
+        self._in_doubt = False  # a request failed: only a query says where the session is
+        self._start_failure: ApiFailure | None = None
+
+    @property
+    def chunk(self) -> int:
+        """The chunk size, known once `start` has returned (the server's granularity)."""
+        return self._t.chunk
+
+    @property
+    def sent(self) -> int:
+        """Bytes the server has confirmed."""
+        return self._t.acked_upto
+
+    def start(self) -> None:
+        t = self._t
+        try:
+            self._up._start(t)
+        except _Fault as fault:
+            self._start_failure = fault.failure
+            raise GemfsError(errno_for(fault.failure), str(fault.failure), fault.failure) from None
+
+    def send(self, upto: int, stop: Callable[[], bool] = lambda: False) -> None:
+        """Send the whole chunks that end by `upto` (bytes that will not change any more),
+        checking `stop()` before each."""
+        t = self._t
+        retry = _Retry(self._up._deadline, self._up._clock, self._up._sleep)  # never waited on
+        try:
+            self._up._send(t, t.acked_upto, retry, upto, stop)
+        except _Gone:
+            self._in_doubt = True
+            raise GemfsError(errno.EIO, f"upload {t.label}: the session is gone") from None
+        except _Fault as fault:
+            self._in_doubt = True
+            raise GemfsError(errno_for(fault.failure), str(fault.failure), fault.failure) from None
+
+    def finish(self, size: int, progress: Callable[[int], None] | None = None) -> UploadResult:
+        """The file is closed at `size` bytes: send the rest, finalize, verify. A stream that
+        never started goes up whole now, its size known."""
+        t = self._t
+        t.size, t.progress = size, progress
+        if t.url is None:
+            state = "start"
+        elif self._in_doubt:
+            state = "query"
+        else:
+            state = "send"
+        result = self._up._complete(t, state, t.acked_upto)
+        f = self._start_failure
+        if f is not None and 400 <= f.code < 500 and f.code not in (408, 429):
+            # The same upload started with its size where it could not without (UNK for the
+            # Gemini endpoint, files-api-wire.md §12): stop trying for this process.
+            log.warning("the server refused an upload started without its size (%s); files "
+                        "will go up when they are closed", f)
+            self._up.unsized_refused = True
+        return result
+
+    def cancel(self) -> None:
+        """Give the session up (its bytes will not be a File); best effort, never raises."""
+        t = self._t
+        if t.hashing is not None:
+            wait([t.hashing])
+            t.hashing, t.ahead = None, None
+        if t.url is None:
+            return
+        url, t.url = t.url, None
+        try:
+            self._up._post(url, {"X-Goog-Upload-Command": "cancel"}, b"", "upload cancel", t.label)
+        except _Fault as fault:
+            log.debug("upload %s: cancel failed (%s); the session will expire", t.label, fault)
 
 
 def _file_of(resp: httpx.Response) -> dict | None:

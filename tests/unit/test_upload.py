@@ -56,6 +56,7 @@ class FaultyTransport(httpx.BaseTransport):
         self.rules: list[Rule] = []
         self.log: list[tuple[str, int | None, int]] = []  # (command, offset, body length)
         self.upload_ids: set[str] = set()
+        self.starts: list[tuple[str | None, int | None]] = []  # (size header, size_bytes) of each
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         command = request.headers.get("x-goog-upload-command", "")
@@ -63,6 +64,9 @@ class FaultyTransport(httpx.BaseTransport):
         offset = int(raw) if raw is not None else None
         body = request.read()
         self.log.append((command, offset, len(body)))
+        if command == "start":
+            self.starts.append((request.headers.get("x-goog-upload-header-content-length"),
+                                json.loads(body)["file"].get("size_bytes")))
         self.upload_ids.update(parse_qs(urlsplit(str(request.url)).query).get("upload_id", []))
         for rule in self.rules:
             if not rule.times or not rule.match(command, offset):
@@ -122,12 +126,18 @@ QUOTA_FAILURE = [{
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The real Files API app on 127.0.0.1 (a random port), naming a small granularity."""
+    yield from serve(tmp_path, monkeypatch)
+
+
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config):
+    """`server`'s body, with ServerConfig fields (`require_upload_size=True`)."""
     monkeypatch.setattr(wire, "CHUNK_GRANULARITY", GRANULE)
     # The server side's access log prints raw URLs (`gemfs serve` never enables it): keep it
     # out of caplog, which checks what the client logs.
     monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", True)
     store = Store(tmp_path / "data", limits=Limits(), clock=Clock())
-    app = create_app(ServerConfig(data_dir=tmp_path / "data", sweep_interval_seconds=3600), store)
+    app = create_app(ServerConfig(data_dir=tmp_path / "data", sweep_interval_seconds=3600,
+                                  **config), store)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
