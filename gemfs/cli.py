@@ -153,6 +153,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         debug=args.debug,
         quota=args.quota,
         max_file_size=args.max_file_size,
+        stream_from=args.stream_from,
         retry_deadline=args.retry_deadline,
         request_timeout=args.request_timeout,
         attr_timeout=args.attr_timeout,
@@ -218,6 +219,9 @@ def add_mount_arguments(m: argparse.ArgumentParser) -> None:
                    help=f"the project's storage quota that df shows (default {format_size(D.quota)})")
     m.add_argument("--max-file-size", type=_size, default=D.max_file_size, metavar="BYTES",
                    help=f"largest file accepted (default {format_size(D.max_file_size)})")
+    m.add_argument("--stream-from", type=_size, default=D.stream_from, metavar="BYTES",
+                   help="a file written this big starts uploading before its close; 0: only at "
+                   f"the close (default {format_size(D.stream_from)})")
     m.add_argument("--retry-deadline", type=_seconds, default=D.retry_deadline, metavar="SECONDS",
                    help=f"how long one operation retries 429/5xx/connection errors (default {D.retry_deadline:g})")
     m.add_argument("--request-timeout", type=_positive_seconds, default=D.request_timeout,

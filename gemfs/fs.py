@@ -53,6 +53,7 @@ from gemfs.fuse_plus import FUSE_CAP_READDIRPLUS_AUTO
 from gemfs.model import FileRecord
 from gemfs.remote import Remote
 from gemfs.staging import StagedFile, StagingArea
+from gemfs.streaming import Streamer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ IO_BLOCK = 1 << 20
 HIDDEN_NAME = re.compile(r"^\.fuse_hidden[0-9a-f]{16}$")
 
 RENAME_NOREPLACE = 1  # linux/fs.h, renameat2(2)
+
 
 # How long a fresh `files.get` of a File that is not ACTIVE answers for it: the sidecar and
 # `user.gemini.state` of a PROCESSING video ask the API at most once a second, however many
@@ -131,6 +133,11 @@ class Pending:
     settling: bool = False  # mount lock: its last handle is gone and its bytes are being settled
     failed: bool = False  # file lock: its last upload failed, and a close or fsync said so
     closed_by: int = 0  # mount lock: the process whose close (FLUSH) came last
+    # file lock: its upload, going out while it is written (gemfs/streaming.py); None when
+    # there is none, and then `no_stream` says whether one may still start before the upload
+    # (not after a stream broke: a writer that rewrites what it wrote would start one per write).
+    stream: Streamer | None = None
+    no_stream: bool = False
     # One int, read without a lock. Nanoseconds, as utimens hands them: a float of seconds
     # keeps only ~256 ns at today's epoch, and rsync compares what it set with what it reads.
     mtime_ns: int = field(default_factory=time.time_ns)
@@ -193,8 +200,12 @@ class GemFS(Operations):
         wait_active: bool = False,
         clock=time.monotonic,
         on_ready=None,
+        stream_from: int | None = None,
     ) -> None:
         self.remote = remote
+        # A file written under its own name starts uploading once it holds this many bytes
+        # (gemfs/streaming.py); None: every file goes up whole at its close.
+        self.stream_from = stream_from
         self.mountpoint = ""  # set by mount.py; to recognise our files in /proc/PID/fd
         self.catalog = catalog
         self.staging = staging
@@ -707,6 +718,7 @@ class GemFS(Operations):
                 with pending.lock:
                     pending.staged.truncate(0)
                     pending.dirty, pending.error, pending.base_missing = True, None, False
+                    self._drop_stream(pending, again=True)
             return fh
         node = self.catalog.lookup(parts)
         if isinstance(node, DirNode):
@@ -801,17 +813,19 @@ class GemFS(Operations):
 
     @fuse_op
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        return self._write(fh, lambda staged: staged.write(data, offset))
+        return self._write(fh, offset, lambda staged: staged.write(data, offset))
 
     @fuse_op
     def write_buf(self, path: str, source, offset: int, fh: int) -> int:
         """WRITE with the bytes still in libfuse (fuse_plus.WriteSource): they go into the staged
         file in the kernel, never through a Python object."""
-        return self._write(fh, lambda staged: staged.write_from(source.size, offset, source.copy_to))
+        return self._write(fh, offset,
+                           lambda staged: staged.write_from(source.size, offset, source.copy_to))
 
-    def _write(self, fh: int, write) -> int:
-        """`write(staged file) -> bytes written`, on a pending file's own terms: its old bytes
-        copied in first if needed, a failure kept for its close to report."""
+    def _write(self, fh: int, offset: int, write) -> int:
+        """`write(staged file) -> bytes written` at `offset`, on a pending file's own terms: its
+        old bytes copied in first if needed, a failure kept for its close to report, its
+        stream told."""
         obj = self._handle(fh)
         if not isinstance(obj, Pending):
             raise GemfsError(errno.EBADF)
@@ -821,10 +835,42 @@ class GemFS(Operations):
                 written = write(obj.staged)
             except (OSError, GemfsError) as e:
                 obj.error = e.errno
+                self._drop_stream(obj)
                 raise
             obj.dirty = True
             obj.mtime_ns = time.time_ns()
+            self._stream_moved(obj, offset)
         return written
+
+    def _stream_moved(self, p: Pending, lowest: int) -> None:
+        """The staged bytes changed from `lowest` on (caller holds p.lock): tell the stream, or
+        start one once a file written under its own name is big enough."""
+        if p.stream is not None:
+            if not p.stream.wrote(lowest, p.staged.size):
+                self._drop_stream(p)
+            return
+        if p.no_stream or self.stream_from is None or p.staged.size < self.stream_from:
+            return
+        with self._lock:
+            parts, kind, unlinked = p.path, p.kind, p.unlinked
+        if kind != "upload" or unlinked or p.error is not None:
+            return
+        display = display_name(parts)
+        mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
+        streamer = Streamer(lambda fd: self.remote.stream(fd, display, mime_type),
+                            p.staged.fd, p.staged.size, display, mime_type)
+        if streamer.live:
+            p.stream = streamer
+        else:
+            p.no_stream = True  # the server wants sizes at start
+
+    def _drop_stream(self, p: Pending, *, again: bool = False) -> None:
+        """The stream of `p` will not make its File (caller holds p.lock): its session is
+        cancelled. `again`: the file's bytes start over, and a new stream may start."""
+        if p.stream is not None:
+            p.stream.abandon()
+            p.stream = None
+        p.no_stream = not again
 
     @fuse_op
     def truncate(self, path: str | None, length: int, fh=None) -> int:
@@ -845,9 +891,12 @@ class GemFS(Operations):
                 pending.staged.truncate(length)
             except (OSError, GemfsError) as e:
                 pending.error = e.errno
+                self._drop_stream(pending)
                 raise
             pending.dirty = True
             pending.mtime_ns = time.time_ns()
+            if pending.stream is not None and not pending.stream.truncated(length):
+                self._drop_stream(pending, again=length == 0)
         return 0
 
     def _truncate_file(self, parts: Path, length: int) -> int:
@@ -879,6 +928,7 @@ class GemFS(Operations):
             with obj.lock:
                 if obj.dirty and obj.error is None:
                     obj.error = errno.EIO
+                    self._drop_stream(obj)
                     log.warning("%s: its writer (pid %d, %s) was killed; not uploaded",
                                 "/".join(obj.path), pid, procinfo.command(pid) or "?")
             return 0
@@ -930,6 +980,7 @@ class GemFS(Operations):
                 if p.handles:
                     return  # opened again meanwhile
                 p.settling = True
+            self._drop_stream(p)  # a stream still open here was never finished by a close
             if p.dirty and p.error is None and not p.failed and not p.unlinked and p.kind == "upload":
                 # No close uploaded it (a race this code does not know of): never lose it. It is
                 # held like a temp file, durable, and goes up at unmount or the next mount.
@@ -959,6 +1010,7 @@ class GemFS(Operations):
             if self._pending.get(p.path) is p:
                 del self._pending[p.path]
         with p.lock:
+            self._drop_stream(p)
             p.staged.discard()
 
     def _upload(self, p: Pending, *, durable: bool = False) -> None:
@@ -985,8 +1037,17 @@ class GemFS(Operations):
             def advance(sent: int) -> None:
                 progress["sent"] = sent
 
+            stream, p.stream, p.no_stream = p.stream, None, False
+            if stream is not None and (stream.display_name, stream.mime_type) != (display, mime_type):
+                # renamed, or its first bytes rewritten, since it started: go up whole
+                stream.abandon()
+                stream = None
             try:
-                result = self.remote.upload_verified(p.staged.fd, size, display, mime_type, advance)
+                if stream is not None:
+                    result = stream.finish(size, advance)
+                else:
+                    result = self.remote.upload_verified(p.staged.fd, size, display, mime_type,
+                                                         advance)
             except GemfsError as e:
                 p.failed = True
                 if e.errno == errno.EDQUOT and p.replaces:
@@ -1169,6 +1230,7 @@ class GemFS(Operations):
         if pending is not None:
             # `rm` removes what is at the path: this file's own upload and any File it replaces.
             with pending.lock:
+                self._drop_stream(pending)
                 remote = list(pending.replaces)
                 pending.replaces = []
                 with self._lock:
@@ -1200,6 +1262,7 @@ class GemFS(Operations):
                 self._pending[dst] = pending
         if pending is not None:
             with pending.lock:
+                self._drop_stream(pending)
                 remote, pending.replaces = list(pending.replaces), []
             self._release_hold(pending)
             for record in remote:
@@ -1261,11 +1324,13 @@ class GemFS(Operations):
             idle = pending.handles == 0 or (pending.closed_by == me and not src_written)
         if other is not None and other is not pending:
             with other.lock:
+                self._drop_stream(other)
                 other.staged.discard()
                 other_remote, other.replaces = list(other.replaces), []
             for record in other_remote:
                 self._delete_remote(record, quiet=True)
         with pending.lock:
+            self._drop_stream(pending, again=True)  # its session carries the old name
             # The bytes go up (again) under the new name, retiring whatever was at it.
             if not pending.base_missing:
                 pending.dirty = True

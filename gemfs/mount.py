@@ -30,7 +30,8 @@ from gemfs import registry
 
 log = logging.getLogger(__name__)
 
-GiB = 1024**3  # the server and the mount count in binary units (docs/SERVER.md)
+MiB = 1024**2  # the server and the mount count in binary units (docs/SERVER.md)
+GiB = 1024**3
 
 # libfuse 3.14 warns "Ignoring invalid max threads value 4294967295" on every mount unless the
 # idle-thread limit is given; 10 is what libfuse used before the option existed.
@@ -66,6 +67,11 @@ class MountOptions:
     debug: bool = False
     quota: int = 20 * GiB
     max_file_size: int = 2 * GiB
+    # A file written under its own name starts uploading while it is still written once it holds
+    # this much, one chunk (gemfs/streaming.py): its close then waits for the last chunk only.
+    # Smaller files go up whole at the close, their size declared at the start as the SDK does.
+    # 0: every file goes up at its close.
+    stream_from: int = 8 * MiB
     retry_deadline: float = 60.0
     request_timeout: float = 120.0
     attr_timeout: float = 1.0
@@ -370,7 +376,8 @@ def _serve(opts: MountOptions, ready, fail, say=lambda msg: None) -> int:
     fs = GemFS(remote, catalog, staging, quota=opts.quota, show_meta=opts.show_meta,
                read_only=opts.read_only, attr_timeout=opts.attr_timeout,
                cache=cache if cache.enabled else None, state=state,
-               wait_active=opts.wait_active, on_ready=on_ready)
+               wait_active=opts.wait_active, on_ready=on_ready,
+               stream_from=opts.stream_from or None)
     fs.mountpoint = opts.mountpoint
     fs_ref.append(fs)
     recovered = fs.recover_held()

@@ -50,7 +50,7 @@ class Driver:
     def __init__(self, tmp: Path, *, quota: int = DEFAULT_QUOTA, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
                  show_meta: bool = False, list_ttl: float = float("inf"), remote: FakeRemote | None = None,
                  clock: FakeClock | None = None, seed: int = 0, cache_bytes: int = CACHE_BYTES,
-                 command: str | None = None) -> None:
+                 command: str | None = None, stream_from: int | None = 16 * 1024) -> None:
         self.clock = clock or (remote.clock if remote else FakeClock())
         self.remote = remote or FakeRemote(self.clock, quota=quota, max_file_size=max_file_size, seed=seed)
         self.fs: GemFS | None = None
@@ -65,7 +65,7 @@ class Driver:
         self.state = StateStore(str(tmp / "state"), clock=self.clock)
         self.fs = GemFS(self.remote, self.catalog, self.staging, quota=quota, show_meta=show_meta,
                         cache=self.cache if self.cache.enabled else None, state=self.state,
-                        clock=self.clock)
+                        clock=self.clock, stream_from=stream_from)
         self.mountpoint = os.path.realpath(tmp / "mnt")
         os.makedirs(self.mountpoint, exist_ok=True)
         self.fs.mountpoint = self.mountpoint

@@ -90,6 +90,7 @@ class FakeRemote:
     _faults: dict[str, deque] = field(default_factory=lambda: {op: deque() for op in OPS})
     _last_create_us: int = 0
     _ids: set[str] = field(default_factory=set)
+    streams: list = field(default_factory=list)  # every FakeStream made, in order
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
@@ -179,6 +180,12 @@ class FakeRemote:
         data = b"".join(chunks)
         if len(data) != size:  # the staged file is shorter than fs.py said: a bug, not a fault
             raise AssertionError(f"upload of {display_name!r}: {size} bytes announced, {len(data)} staged")
+        return self._make_file(data, display_name, mime_type)
+
+    def _make_file(self, data: bytes, display_name: str, mime_type: str) -> FileRecord:
+        """The one request that makes a File of `data` (an upload, or a stream's finalize),
+        with its limits and injected faults."""
+        size = len(data)
         with self._lock:
             request, fault = self._begin("upload", display_name, size)
             if size > self.max_file_size:
@@ -192,6 +199,10 @@ class FakeRemote:
             record = self._new_record(display_name, mime_type, data, generated=False)
             self._end(request, fault)
             return record
+
+    def stream(self, fd: int, display_name: str, mime_type: str) -> "FakeStream":
+        """Like Remote.stream: an upload that starts before `fd` is fully written."""
+        return FakeStream(self, fd, display_name, mime_type)
 
     def upload_verified(self, fd: int, size: int, display_name: str, mime_type: str,
                         progress: Callable[[int], None] | None = None) -> UploadResult:
@@ -310,6 +321,46 @@ class FakeRemote:
         record = FileRecord.from_api(api)
         self.files[file_id] = Stored(record, bytes(data))
         return record
+
+
+class FakeStream:
+    """gemfs.upload.UploadStream in memory. It keeps each chunk's bytes as they were when it was
+    sent, as a server would, so a File made from a stream whose sent bytes were later rewritten
+    holds the stale ones, and the model tests see it. Its finalize is the one "upload" request
+    (limits and faults as for `FakeRemote.upload`); starts and chunks are counted, not logged."""
+
+    chunk = 4096
+
+    def __init__(self, remote: FakeRemote, fd: int, display_name: str, mime_type: str) -> None:
+        self.remote, self.fd = remote, fd
+        self.display_name, self.mime_type = display_name, mime_type
+        self.parts: list[bytes] = []
+        self.sent = 0
+        self.cancelled = False
+        with remote._lock:
+            remote.streams.append(self)
+
+    def start(self) -> None:
+        pass
+
+    def send(self, upto: int, stop: Callable[[], bool] = lambda: False) -> None:
+        while self.sent + self.chunk <= upto and not stop():
+            piece = os.pread(self.fd, self.chunk, self.sent)
+            assert len(piece) == self.chunk, "a stream was told of bytes not staged"
+            self.parts.append(piece)
+            self.sent += self.chunk
+
+    def finish(self, size: int, progress: Callable[[int], None] | None = None) -> UploadResult:
+        assert not self.cancelled and size >= self.sent
+        data = b"".join(self.parts) + os.pread(self.fd, size - self.sent, self.sent)
+        assert len(data) == size, f"stream of {self.display_name!r}: {size} announced, {len(data)} staged"
+        record = self.remote._make_file(data, self.display_name, self.mime_type)
+        if progress is not None:
+            progress(size)
+        return UploadResult(record, hashlib.sha256(data).hexdigest(), 0, 1)
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 def _expired(record: FileRecord, now: float) -> bool:
