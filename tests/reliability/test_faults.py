@@ -203,6 +203,30 @@ def test_upload_fault(fmount, shared_server, sdk, tmp_path, op, action, mode, wh
         TALLY.add(failed_cleanly=1)
 
 
+@pytest.mark.parametrize("action,when", [("reset", "before"), ("503", "after"),
+                                         ("garbage", "after")])
+def test_a_stream_whose_start_fails_goes_up_whole_at_the_close(fmount, shared_server, sdk,
+                                                              tmp_path, action, when):
+    """A file big enough to stream (SEMANTICS.md: over --stream-from) whose unsized start fails,
+    once for the stream and once more at the close: the close starts a session of its own and
+    the File is whole and single; no chunk had gone out, so no byte goes twice. (Faults on a
+    streamed file's chunks and finalize: test_upload_fault, whose files are over 8 MiB.)"""
+    size = 2 * CHUNK + 5
+    data = random_bytes(size)
+    name = f"stream-start-{action}-{when}.bin"
+    (tmp_path / "src").write_bytes(data)
+    shared_server.admin.set_faults(rule("upload_start", action, "transient", when))
+    with PartialWatcher(shared_server, {name: data}) as watcher:
+        proc = cp_into(fmount, tmp_path / "src", name)
+    assert faults_hit(shared_server.admin) == TRANSIENT_TIMES
+    assert watcher.partial == []
+    assert proc.returncode == 0, f"cp failed: {proc.stderr}\n{fmount.read_log()[-2000:]}"
+    verify_written(sdk, {name: data})
+    assert upload_bytes(shared_server) == size
+    TALLY.resent(when, 0, TRANSIENT_TIMES)
+    TALLY.add(survived=1)
+
+
 @pytest.mark.parametrize("mode", ["transient", "persistent"])
 def test_overwrite_under_upload_faults(fmount, shared_server, sdk, tmp_path, mode):
     """`cp` over an existing File: the old File is deleted only once the new one is in. If the
