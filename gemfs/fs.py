@@ -261,7 +261,10 @@ class GemFS(Operations):
     def status(self) -> dict:
         with self._lock:
             uploads = [dict(u) for u in self._uploads.values()]
+            # (p.stream is the file lock's; a stale read here only shows one more or less)
+            streams = [p.stream for p in self._pending.values() if p.stream is not None]
             pending = len(self._pending)
+        uploads += [s.progress() for s in streams]
         return {
             "uploads": uploads,
             "pending_files": pending,

@@ -39,7 +39,8 @@ def render(entry: dict, now: float | None = None) -> str:
         elapsed = max(now - up.get("started", now), 1e-6)
         rate = up.get("sent", 0) / elapsed
         lines.append(f"    {up['path']}  {bar(up.get('sent', 0), up.get('size', 0))}"
-                     f"  {human(up.get('sent', 0))}/{human(up.get('size', 0))}  {human(rate)}/s")
+                     f"  {human(up.get('sent', 0))}/{human(up.get('size', 0))}  {human(rate)}/s"
+                     + ("  (still being written)" if up.get("writing") else ""))
     return "\n".join(lines)
 
 

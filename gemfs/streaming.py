@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Callable
 
 from gemfs.errors import GemfsError
@@ -45,6 +46,7 @@ class Streamer:
         self._claimed = 0  # stream lock: bytes handed to the session; they must stay as they are
         self._state = RUNNING  # stream lock
         self._thread: threading.Thread | None = None
+        self._started = time.time()
         if self._stream is None:
             self._state = BROKEN
             self._close_fd()
@@ -56,6 +58,14 @@ class Streamer:
     def live(self) -> bool:
         with self._cond:
             return self._state == RUNNING
+
+    def progress(self) -> dict:
+        """For `gemfs status`: the file's name, bytes written so far and bytes sent."""
+        with self._cond:
+            size = self._available
+        sent = self._stream.sent if self._stream is not None else 0
+        return {"path": self.display_name, "size": size, "sent": sent, "started": self._started,
+                "writing": True}
 
     def wrote(self, offset: int, size: int) -> bool:
         """A write at `offset` left the file `size` bytes long. False (and the stream is

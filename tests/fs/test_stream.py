@@ -202,3 +202,19 @@ def test_a_server_that_wants_sizes_gets_whole_uploads(make_driver):
     drv.remote.stream = lambda fd, display, mime: None  # as Remote.stream after a refusal
     assert drv.write_file("/big.bin", payload(20 * CHUNK)) == 0
     assert drv.remote.data("big.bin") == payload(20 * CHUNK)
+
+
+def test_status_shows_a_stream_while_its_file_is_written(drv: Driver):
+    from gemfs.status import render
+
+    fh = open_new(drv, "/shown.bin")
+    drv.write(fh, payload(10 * CHUNK))
+    wait_sent(drv, 8 * CHUNK)
+    [up] = drv.fs.status()["uploads"]
+    assert (up["path"], up["size"], up["writing"]) == ("shown.bin", 10 * CHUNK, True)
+    assert 8 * CHUNK <= up["sent"] <= 10 * CHUNK
+    text = render({"mountpoint": "/m", "pid": os.getpid(), "status": drv.fs.status()})
+    assert "uploads:   1 in flight" in text and "shown.bin" in text
+    assert "(still being written)" in text
+    assert drv.close("/shown.bin", fh) == 0
+    assert drv.fs.status()["uploads"] == []
