@@ -857,6 +857,7 @@ class GemFS(Operations):
         with self._lock:
             parts, kind, unlinked = p.path, p.kind, p.unlinked
         if kind != "upload" or unlinked or p.error is not None:
+            p.no_stream = True  # until a rename or O_TRUNC starts the bytes over (_drop_stream)
             return
         display = display_name(parts)
         mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
