@@ -279,6 +279,21 @@ class GemFS(Operations):
         with self._lock:
             self._draining = True
 
+    def cancel_streams(self) -> None:
+        """At unmount, after the last request: the files still open were never closed, so their
+        streams will make no File; cancel their sessions now, while the client is still there
+        (left open, each would hold its bytes against the project's quota until it expires)."""
+        with self._lock:  # (p.stream is the file lock's: read again under it below)
+            pending = [p for p in self._pending.values() if p.stream is not None]
+        dropped = []
+        for p in pending:
+            with p.lock:
+                if p.stream is not None:
+                    dropped.append(p.stream)
+                    self._drop_stream(p)
+        for stream in dropped:  # all abandoned first, so their cancels go out together
+            stream.wait()
+
     def held_files(self) -> list[Pending]:
         with self._lock:
             return [p for p in self._pending.values()

@@ -96,6 +96,12 @@ class Streamer:
                 self._state = BROKEN
                 self._cond.notify_all()
 
+    def wait(self) -> None:
+        """After `abandon`: wait until the thread has ended (its session cancelled, one request
+        at most, bounded by the request timeout)."""
+        if self._thread is not None:
+            self._thread.join()
+
     def finish(self, size: int, progress: Callable[[int], None] | None = None) -> UploadResult:
         """The file is closed at `size` bytes: stop the thread (after its chunk in flight),
         send the rest and finalize. Raises GemfsError as `Uploader.upload` does."""
