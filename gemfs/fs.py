@@ -875,8 +875,15 @@ class GemFS(Operations):
             return
         display = display_name(parts)
         mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
-        streamer = Streamer(lambda fd: self.remote.stream(fd, display, mime_type),
-                            p.staged.fd, p.staged.size, display, mime_type)
+        try:
+            streamer = Streamer(lambda fd: self.remote.stream(fd, display, mime_type),
+                                p.staged.fd, p.staged.size, display, mime_type)
+        except (OSError, RuntimeError) as e:
+            # No descriptor for its dup or no thread: the write itself went through, and a
+            # stream is only a head start, so the file goes up whole at its close.
+            log.warning("%s: its upload cannot start before its close (%s)", display, e)
+            p.no_stream = True
+            return
         if streamer.live:
             p.stream = streamer
         else:
