@@ -279,6 +279,21 @@ class GemFS(Operations):
         with self._lock:
             self._draining = True
 
+    def cancel_streams(self) -> None:
+        """At unmount, after the last request: the files still open were never closed, so their
+        streams will make no File; cancel their sessions now, while the client is still there
+        (left open, each would hold its bytes against the project's quota until it expires)."""
+        with self._lock:  # (p.stream is the file lock's: read again under it below)
+            pending = [p for p in self._pending.values() if p.stream is not None]
+        dropped = []
+        for p in pending:
+            with p.lock:
+                if p.stream is not None:
+                    dropped.append(p.stream)
+                    self._drop_stream(p)
+        for stream in dropped:  # all abandoned first, so their cancels go out together
+            stream.wait()
+
     def held_files(self) -> list[Pending]:
         with self._lock:
             return [p for p in self._pending.values()
@@ -861,8 +876,15 @@ class GemFS(Operations):
             return
         display = display_name(parts)
         mime_type = mime.guess(parts[-1], p.staged.head(mime.SNIFF_BYTES))
-        streamer = Streamer(lambda fd: self.remote.stream(fd, display, mime_type),
-                            p.staged.fd, p.staged.size, display, mime_type)
+        try:
+            streamer = Streamer(lambda fd: self.remote.stream(fd, display, mime_type),
+                                p.staged.fd, p.staged.size, display, mime_type)
+        except (OSError, RuntimeError) as e:
+            # No descriptor for its dup or no thread: the write itself went through, and a
+            # stream is only a head start, so the file goes up whole at its close.
+            log.warning("%s: its upload cannot start before its close (%s)", display, e)
+            p.no_stream = True
+            return
         if streamer.live:
             p.stream = streamer
         else:

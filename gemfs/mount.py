@@ -407,6 +407,7 @@ def _serve(opts: MountOptions, ready, fail, say=lambda msg: None) -> int:
         stop_status.set()
         control.close()
         fs.drain()
+        fs.cancel_streams()
         fs.upload_held()
         staging.close()
         cache.close()

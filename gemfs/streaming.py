@@ -40,19 +40,26 @@ class Streamer:
         `size` is what the staged file holds now."""
         self.display_name, self.mime_type = display_name, mime_type
         self._fd = os.dup(fd)
-        self._stream = open_stream(self._fd)
         self._cond = threading.Condition()
         self._available = size  # stream lock: the staged file's size, as writers last said
         self._claimed = 0  # stream lock: bytes handed to the session; they must stay as they are
         self._state = RUNNING  # stream lock
         self._thread: threading.Thread | None = None
         self._started = time.time()
+        self._stream: UploadStream | None = None
+        try:
+            self._stream = open_stream(self._fd)
+            if self._stream is not None:
+                self._thread = threading.Thread(target=self._run, name="gemfs-stream",
+                                                daemon=True)
+                self._thread.start()
+        except BaseException:  # (no thread to start: RuntimeError) the dup must not leak
+            self._thread = None
+            self._close_fd()
+            raise
         if self._stream is None:
             self._state = BROKEN
             self._close_fd()
-            return
-        self._thread = threading.Thread(target=self._run, name="gemfs-stream", daemon=True)
-        self._thread.start()
 
     @property
     def live(self) -> bool:
@@ -95,6 +102,12 @@ class Streamer:
             if self._state == RUNNING:
                 self._state = BROKEN
                 self._cond.notify_all()
+
+    def wait(self) -> None:
+        """After `abandon`: wait until the thread has ended (its session cancelled, one request
+        at most, bounded by the request timeout)."""
+        if self._thread is not None:
+            self._thread.join()
 
     def finish(self, size: int, progress: Callable[[int], None] | None = None) -> UploadResult:
         """The file is closed at `size` bytes: stop the thread (after its chunk in flight),

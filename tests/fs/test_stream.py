@@ -218,3 +218,42 @@ def test_status_shows_a_stream_while_its_file_is_written(drv: Driver):
     assert "(still being written)" in text
     assert drv.close("/shown.bin", fh) == 0
     assert drv.fs.status()["uploads"] == []
+
+
+def test_a_stream_that_cannot_start_never_fails_a_write(drv: Driver, monkeypatch):
+    # The stream is an optimisation: out of descriptors for its dup, or of threads, the write
+    # that would have started it has already put its bytes in the staged file and must say so;
+    # the file then goes up whole at its close.
+    import gemfs.fs
+
+    def no_stream(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(gemfs.fs, "Streamer", no_stream)
+    data = payload(10 * CHUNK)
+    assert drv.write_file("/nofd.bin", data) == 0
+    assert drv.remote.data("nofd.bin") == data
+    assert len(drv.remote.named("nofd.bin")) == 1
+
+
+def test_a_streamer_whose_thread_cannot_start_keeps_no_descriptor(monkeypatch):
+    import threading
+
+    import pytest
+
+    from gemfs.streaming import Streamer
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    r, w = os.pipe()
+    try:
+        before = sorted(os.listdir("/proc/self/fd"))
+        with monkeypatch.context() as m:
+            m.setattr(threading.Thread, "start", refuse)
+            with pytest.raises(RuntimeError):
+                Streamer(lambda fd: object(), r, 0, "x", "application/octet-stream")
+        assert sorted(os.listdir("/proc/self/fd")) == before
+    finally:
+        os.close(r)
+        os.close(w)

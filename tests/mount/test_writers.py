@@ -95,3 +95,33 @@ def test_a_held_temp_file_survives_a_killed_daemon(tmp_path, gemfs_server, sdk):
         assert "recovered held file .goutputstream-AB12CD" in again.read_log()
     finally:
         again.stop()
+
+
+def _upload_sessions(server) -> list[tuple[str, int]]:
+    """(state, bytes received) of every upload session the server still keeps."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{server.data_dir / 'gemfs.sqlite3'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT state, received FROM sessions").fetchall()
+    finally:
+        db.close()
+
+
+def test_an_unmount_while_a_big_file_is_written_leaves_no_open_session(mount, gemfs_server):
+    # The file's stream has sent a chunk when the daemon is told to stop, the writer still
+    # holding it open: its session must be cancelled, not left to hold its bytes against the
+    # project's quota for the server's session lifetime (a week on the local server).
+    fd = os.open(mount.path / "open.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, os.urandom(17 << 20))
+        wait_for(lambda: any(state == "active" and received >= 8 << 20
+                             for state, received in _upload_sessions(gemfs_server)),
+                 timeout=30, what="the stream's first chunk")
+        mount.stop()
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the mount is gone
+    assert not in_mount_table(str(mount.path))
+    assert [s for s in _upload_sessions(gemfs_server) if s[0] == "active"] == []
