@@ -857,17 +857,20 @@ class GemFS(Operations):
                 raise
             obj.dirty = True
             obj.mtime_ns = time.time_ns()
-            self._stream_moved(obj, offset)
+            self._stream_moved(obj, offset, appended=offset + written >= obj.staged.size)
         return written
 
-    def _stream_moved(self, p: Pending, lowest: int) -> None:
+    def _stream_moved(self, p: Pending, lowest: int, *, appended: bool) -> None:
         """The staged bytes changed from `lowest` on (caller holds p.lock): tell the stream, or
-        start one once a file written under its own name is big enough."""
+        start one once a file written under its own name is big enough. Only a write that
+        reaches the end starts one: a writer that sized its file first (ftruncate, then blocks
+        in order) has not written what lies past its last write, so a stream would take zeros."""
         if p.stream is not None:
             if not p.stream.wrote(lowest, p.staged.size):
                 self._drop_stream(p)
             return
-        if p.no_stream or self.stream_from is None or p.staged.size < self.stream_from:
+        if (p.no_stream or self.stream_from is None or p.staged.size < self.stream_from
+                or not appended):
             return
         with self._lock:
             parts, kind, unlinked = p.path, p.kind, p.unlinked

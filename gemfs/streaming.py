@@ -24,7 +24,7 @@ import time
 from typing import Callable
 
 from gemfs.errors import GemfsError
-from gemfs.upload import UploadResult, UploadStream
+from gemfs.upload import UploadResult, UploadStream, redact
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,9 @@ class Streamer:
         assert stream is not None
         try:
             stream.start()
-        except GemfsError as e:
+        except Exception as e:  # (never let the thread die: the fd and session need it)
             log.info("upload of %s not started before its close (%s); it goes up at the close",
-                     self.display_name, e)
+                     self.display_name, _said(e))
         else:
             self._feed(stream)
         with self._cond:
@@ -143,8 +143,12 @@ class Streamer:
                 self._cond.wait()
             broken = self._state == BROKEN
         if broken:
-            stream.cancel()
-            self._close_fd()
+            try:
+                stream.cancel()
+            except Exception as e:
+                log.info("upload of %s: cancel failed (%s)", self.display_name, _said(e))
+            finally:
+                self._close_fd()
 
     def _feed(self, stream: UploadStream) -> None:
         """Send whole chunks as they are written, until the close or a break; after a failed
@@ -160,12 +164,18 @@ class Streamer:
                 self._claimed = upto
             try:
                 stream.send(upto, self._stopping)
-            except GemfsError as e:
+            except Exception as e:
                 log.info("upload of %s paused at %d bytes (%s); its close goes on from there",
-                         self.display_name, stream.sent, e)
+                         self.display_name, stream.sent, _said(e))
                 return
 
-    def _close_fd(self) -> None:
+    def _close_fd(self) -> None:  # (the thread's, or finish's once the thread has ended)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _said(e: Exception) -> str:
+    """An exception in one line for the log: gemfs's own say what failed; others (an httpx
+    error may quote a URL) only their kind, with any upload_id blanked."""
+    return str(e) if isinstance(e, GemfsError) else f"{type(e).__name__}: {redact(str(e))}"

@@ -499,6 +499,9 @@ class UploadStream:
         except _Fault as fault:
             self._in_doubt = True
             raise GemfsError(errno_for(fault.failure), str(fault.failure), fault.failure) from None
+        except BaseException:
+            self._in_doubt = True  # whatever it was, only a query says what the server holds
+            raise
 
     def finish(self, size: int, progress: Callable[[int], None] | None = None) -> UploadResult:
         """The file is closed at `size` bytes: send the rest, finalize, verify. A stream that

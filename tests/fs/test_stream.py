@@ -257,3 +257,18 @@ def test_a_streamer_whose_thread_cannot_start_keeps_no_descriptor(monkeypatch):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_file_sized_first_streams_only_from_a_write_at_its_end(drv: Driver):
+    # ftruncate to the full size, then blocks in order (some downloaders): nothing streams
+    # while the writes fill the middle, so no zeros go out to be cancelled later.
+    data = payload(12 * CHUNK)
+    fh = open_new(drv, "/sized.bin")
+    assert drv.err("truncate", "/sized.bin", len(data), fh) == 0
+    drv.write(fh, data[: 11 * CHUNK])
+    assert drv.remote.streams == []
+    drv.write(fh, data[11 * CHUNK:], 11 * CHUNK)  # reaches the end: a stream may start now
+    assert drv.close("/sized.bin", fh) == 0
+    assert drv.remote.data("sized.bin") == data
+    assert all(not s.cancelled for s in drv.remote.streams)
+    assert len(drv.remote.named("sized.bin")) == 1
