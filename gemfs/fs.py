@@ -24,8 +24,10 @@ Locks, in the order they are taken (a lock never waits for one above it):
    quota callback, which takes `Catalog._lock`, so staging before catalog), `Catalog._lock`,
    the content cache's and the state store's locks, `_fresh_lock`.
 
-No network call is made under 2 or 3. The only network call under a `Pending.lock` is that
-file's own upload; the deletes of the Files it retires come after the lock is released.
+No network call is made under 2 or 3. The only network calls under a `Pending.lock` are that
+file's own upload and, when it failed with its answers lost, the one listing that looks for the
+File it may have made (`_doubt`: its outcome decides what the file is); the deletes of the Files
+it retires come after the lock is released.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from gemfs.model import FileRecord
 from gemfs.remote import Remote
 from gemfs.staging import StagedFile, StagingArea
 from gemfs.streaming import Streamer
+from gemfs.upload import UploadResult
 
 log = logging.getLogger(__name__)
 
@@ -1079,13 +1082,16 @@ class GemFS(Operations):
                                                          advance)
             except GemfsError as e:
                 p.failed = True
+                found = None
                 if e.errno == errno.EDQUOT and p.replaces:
                     log.warning("%s: no room in the quota for the new version next to the old "
                                 "one (%d bytes); an overwrite needs both until it is done",
                                 display, size)
                 elif e.errno == errno.EIO:
-                    self._doubt(display, p.staged.fd, size)
-                raise
+                    found = self._doubt(display, p.staged.fd, size, p.replaces)
+                if found is None:
+                    raise
+                result = found
             finally:
                 with self._lock:
                     self._uploads.pop(id(p), None)
@@ -1111,16 +1117,49 @@ class GemFS(Operations):
         if self.wait_active:
             self._wait_active(record)
 
-    def _doubt(self, display: str, fd: int, size: int) -> None:
+    def _doubt(self, display: str, fd: int, size: int, replaces: list[FileRecord]) -> UploadResult | None:
         """An upload failed in a way that leaves open whether the server made its File (every
-        answer lost until the deadline): remember what it would hold, so the next upload of the
-        same name can delete that File if it exists. The close reported the failure, so such a
-        File is not one the user knows of, and two Files of one name would be a duplicate."""
+        answer lost until the deadline). Look once (caller holds the file's lock, so nothing
+        changes the staged bytes meanwhile): when the File is there, the upload happened and
+        this is its result. Otherwise remember what it would hold, so the next upload of the
+        same name can delete that File if it turns up. The close reports the failure, so such a
+        File is not one the user knows of, and two Files of one name would be a duplicate.
+
+        Looking at once matters for an overwrite: the File it replaces is not retired when the
+        upload fails, so a File made despite the failure would stand beside it under one name
+        until some later upload of that name settled it."""
         digest = hashlib.sha256()
         for offset in range(0, size, IO_BLOCK * 8):
             digest.update(os.pread(fd, min(IO_BLOCK * 8, size - offset), offset))
+        sha256_hex = digest.hexdigest()
+        started = self._clock()
+        made = self._find_made(display, size, sha256_hex, replaces)
+        if made is not None:
+            log.info("%s: its upload failed, but the server made %s with its bytes; it stands",
+                     display, made.name)
+            return UploadResult(made, sha256_hex, 0, 0)
         with self._lock:
-            self._doubtful.setdefault(display, []).append((size, digest.hexdigest(), self._clock()))
+            self._doubtful.setdefault(display, []).append((size, sha256_hex, started))
+        return None
+
+    def _find_made(self, display: str, size: int, sha256_hex: str,
+                   replaces: list[FileRecord]) -> FileRecord | None:
+        """The File a failed upload of `display` made after all, or None (none, or the listing
+        failed too). It has that name, size and SHA-256, and it is newer than every File the
+        upload replaces, which all existed before it began (both createTimes are the server's,
+        so this machine's clock never enters); of several, the newest. The Files it replaces
+        are never it, even with the same bytes (`cp` of a file over its own copy)."""
+        try:
+            listing = self.remote.list_all()
+        except GemfsError as e:
+            log.warning("could not look for the File of the failed upload of %s: %s", display, e)
+            return None
+        known = {r.id for r in replaces}
+        floor = max((r.create_time for r in replaces), default=float("-inf"))
+        made = [r for r in listing
+                if r.display_name == display and r.id not in known and r.size == size
+                and r.create_time > floor and hex_from_api(r.api.get("sha256Hash")) == sha256_hex]
+        return max(made, key=lambda r: r.create_time, default=None)
 
     def _settle_doubts(self, display: str, record: FileRecord) -> None:
         """After a successful upload of `display`: delete the Files that earlier failed uploads of

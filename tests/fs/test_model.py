@@ -574,10 +574,6 @@ def test_model_long():
     run_state_machine_as_test(FsMachine, settings=LONG)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: an upload that gives up after the server "
-                                       "made its File, then an overwrite of that name, can still "
-                                       "leave two Files (the uploader's own lost answers are "
-                                       "covered: tests/unit/test_upload.py)")
 @SLOW_OK
 def test_model_with_lost_answers():
     run_state_machine_as_test(LostAnswerMachine,

@@ -656,6 +656,69 @@ def test_delete_fault_after_fails_rm_and_a_second_rm_succeeds(drv: Driver):
     assert drv.ls("/") == {}
 
 
+def test_an_overwrite_whose_upload_answer_is_lost_leaves_one_file(drv: Driver):
+    """Found by test_model (LostAnswerMachine): `>>` on a closed file, and the upload of the
+    whole gives up after the server made the File. The File it replaces was not retired (the
+    upload failed), so the two stood under one name. The close looks once: the File is there
+    with its bytes, so the upload happened, the close returns 0 and the old File is retired."""
+    assert drv.mkdir("/e") == 0
+    assert drv.write_file("/e/a", b"\xf3\xa2~\x8e") == 0
+    (old,) = drv.remote.named("e/a")
+    drv.remote.fail_next("upload", errno.EIO, after=True)
+    mark = drv.remote.mark()
+    fh = drv.open("/e/a", os.O_WRONLY | os.O_APPEND)
+    assert drv.write(fh, b"<,O&", 4, "/e/a") == 4
+    assert drv.close("/e/a", fh) == 0
+    assert [(r.op, r.target, r.outcome) for r in drv.remote.since(mark)] == [
+        ("upload", "e/a", "failed-after"), ("list", "", "ok"), ("delete", old.record.id, "ok")]
+    assert [s.data for s in drv.remote.named("e/a")] == [b"\xf3\xa2~\x8e<,O&"]
+    assert drv.read_file("/e/a") == b"\xf3\xa2~\x8e<,O&"  # its bytes are this mount's own
+    for _ in range(2):  # as this mount shows it, and after a full listing
+        assert {n: a["st_size"] for n, a in drv.ls("/e").items()} == {"a": 8}
+        drv.relist()
+
+
+def test_a_lost_answer_over_a_file_of_the_same_bytes_keeps_the_new_file(drv: Driver):
+    """`cp` of the same bytes over a File: the File it replaces has the same name, size and
+    SHA-256 as the one the lost answer was about, but it is never taken for it."""
+    assert drv.write_file("/a.txt", b"same") == 0
+    (old,) = drv.remote.named("a.txt")
+    drv.remote.fail_next("upload", errno.EIO, after=True)
+    assert drv.write_file("/a.txt", b"same") == 0
+    (new,) = drv.remote.named("a.txt")
+    assert new.record.id != old.record.id and new.data == b"same"
+    assert drv.remote.count("upload") == 2
+
+
+def test_a_lost_upload_answer_while_listing_fails_too_is_settled_by_the_next_upload(drv: Driver):
+    """When the listing that looks for the File fails too, the close reports EIO and the old
+    bytes show; the File the server made is remembered and deleted by the next upload of the
+    name, so one File is left, with the bytes of the close that succeeded."""
+    assert drv.write_file("/a.txt", b"old") == 0
+    drv.remote.fail_next("upload", errno.EIO, after=True)
+    drv.remote.fail_next("list", errno.EIO)
+    assert drv.write_file("/a.txt", b"lost") == errno.EIO
+    assert sorted(s.data for s in drv.remote.named("a.txt")) == [b"lost", b"old"]
+    assert drv.ls("/")["a.txt"]["st_size"] == 3
+    drv.relist()  # the File made despite the failure shows as NAME~id, the name keeps the old
+    orphan = next(s.record.id for s in drv.remote.named("a.txt") if s.data == b"lost")
+    assert {n: a["st_size"] for n, a in drv.ls("/").items()} == {"a.txt": 3, f"a~{orphan}.txt": 4}
+    assert drv.write_file("/a.txt", b"again!") == 0
+    assert [s.data for s in drv.remote.named("a.txt")] == [b"again!"]
+    drv.relist()
+    assert {n: a["st_size"] for n, a in drv.ls("/").items()} == {"a.txt": 6}
+
+
+def test_an_upload_that_failed_before_the_server_did_anything_changes_nothing(drv: Driver):
+    """The same close, when the server made nothing: EIO, the old File stays, nothing deleted."""
+    assert drv.write_file("/a.txt", b"old") == 0
+    drv.remote.fail_next("upload", errno.EIO)
+    mark = drv.remote.mark()
+    assert drv.write_file("/a.txt", b"newer") == errno.EIO
+    assert [r.op for r in drv.remote.since(mark)] == ["upload", "list"]
+    assert [s.data for s in drv.remote.named("a.txt")] == [b"old"]
+
+
 def test_listing_fault_keeps_the_previous_snapshot(drv: Driver):
     assert drv.write_file("/a.txt", b"x") == 0
     drv.remote.fail_next("list", errno.EIO)
