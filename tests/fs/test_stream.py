@@ -190,6 +190,24 @@ def test_a_failed_finalize_reaches_the_close_and_a_second_close_uploads_once(drv
     assert len(drv.remote.named("fail.bin")) == 1
 
 
+def test_a_streamed_overwrite_whose_finalize_answer_is_lost_leaves_one_file(drv: Driver):
+    """A stream over a closed File whose finalize gives up after the server made the File: the
+    close finds that File (fs._doubt), returns 0 and retires the old one; no second upload."""
+    assert drv.write_file("/big.bin", b"old") == 0
+    (old,) = drv.remote.named("big.bin")
+    data = payload(10 * CHUNK)
+    fh = drv.open("/big.bin", WRITE_FLAGS)
+    drv.write(fh, data)
+    wait_sent(drv, 8 * CHUNK)
+    drv.remote.fail_next("upload", errno.EIO, after=True)
+    mark = drv.remote.mark()
+    assert drv.close("/big.bin", fh) == 0
+    assert [(r.op, r.outcome) for r in drv.remote.since(mark)] == [
+        ("upload", "failed-after"), ("list", "ok"), ("delete", "ok")]
+    assert [s.data for s in drv.remote.named("big.bin")] == [data]
+    assert drv.remote.ops("delete")[-1].target == old.record.id
+
+
 def test_streams_off_means_every_file_goes_up_at_its_close(make_driver):
     drv = make_driver(stream_from=None)
     assert drv.write_file("/big.bin", payload(20 * CHUNK)) == 0
