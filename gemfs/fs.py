@@ -25,9 +25,9 @@ Locks, in the order they are taken (a lock never waits for one above it):
    the content cache's and the state store's locks, `_fresh_lock`.
 
 No network call is made under 2 or 3. The only network calls under a `Pending.lock` are that
-file's own upload and, when it failed with its answers lost, the one listing that looks for the
-File it may have made (`_doubt`: its outcome decides what the file is); the deletes of the Files
-it retires come after the lock is released.
+file's own upload and, when it failed with its answers lost, the one listing of the newest Files
+that looks for the File it may have made (`_doubt`, at most LOOKUP_DEADLINE: its outcome decides
+what the file is); the deletes of the Files it retires come after the lock is released.
 """
 
 from __future__ import annotations
@@ -78,6 +78,13 @@ RENAME_NOREPLACE = 1  # linux/fs.h, renameat2(2)
 # `user.gemini.state` of a PROCESSING video ask the API at most once a second, however many
 # readers poll them.
 FRESH_SECONDS = 1.0
+
+# How long the close of an upload that gave up with its answers lost keeps trying to list the
+# newest Files, to find the File the server may have made (_doubt). It comes on top of the
+# upload's own --retry-deadline, under the file's lock; a few seconds ride out a blip without
+# doubling how long a cp takes to fail when the network is down. One page (the newest 100 Files)
+# holds a File made moments ago.
+LOOKUP_DEADLINE = 5.0
 
 # The name of the virtual file that lists the sidecars for GTK file managers (--show-meta).
 HIDDEN_LIST = ".hidden"
@@ -1144,13 +1151,14 @@ class GemFS(Operations):
 
     def _find_made(self, display: str, size: int, sha256_hex: str,
                    replaces: list[FileRecord]) -> FileRecord | None:
-        """The File a failed upload of `display` made after all, or None (none, or the listing
-        failed too). It has that name, size and SHA-256, and it is newer than every File the
-        upload replaces, which all existed before it began (both createTimes are the server's,
-        so this machine's clock never enters); of several, the newest. The Files it replaces
-        are never it, even with the same bytes (`cp` of a file over its own copy)."""
+        """The File a failed upload of `display` made after all, or None (none among the newest
+        Files, or the listing failed too). It has that name, size and SHA-256, and it is newer
+        than every File the upload replaces, which all existed before it began (both createTimes
+        are the server's, so this machine's clock never enters); of several, the newest. The
+        Files it replaces are never it, even with the same bytes (`cp` of a file over its own
+        copy)."""
         try:
-            listing = self.remote.list_all()
+            listing, _ = self.remote.list_page(deadline=LOOKUP_DEADLINE)  # the newest Files
         except GemfsError as e:
             log.warning("could not look for the File of the failed upload of %s: %s", display, e)
             return None
