@@ -99,6 +99,22 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+_HASH_BLOCK = 8 << 20
+
+
+def sha256_of_fd(fd: int, size: int | None = None) -> str:
+    """The SHA-256 (hex) of the first `size` bytes of `fd`, or of all of it, read by pread."""
+    digest = hashlib.sha256()
+    offset = 0
+    while size is None or offset < size:
+        block = os.pread(fd, _HASH_BLOCK if size is None else min(_HASH_BLOCK, size - offset), offset)
+        if not block:
+            break
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
+
+
 def hex_from_api(sha256_hash: str | None) -> str | None:
     """The lower-case hex digest from a File's `sha256Hash`, which the API sends as base64 of the
     hex string (and some clients as base64 of the 32 raw bytes); None if absent or unreadable."""
@@ -369,14 +385,13 @@ class ContentCache:
         if opened is None:
             return False
         fd, entry = opened
-        digest = hashlib.sha256()
         try:
-            with os.fdopen(fd, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            got = sha256_of_fd(fd)
         except OSError:
-            pass
-        if digest.hexdigest() == entry.sha256_hex:
+            got = None
+        finally:
+            os.close(fd)
+        if got == entry.sha256_hex:
             return True
         log.warning("cached bytes of %s do not match their sha256: dropped", file_id)
         with self._lock:

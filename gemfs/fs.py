@@ -33,7 +33,6 @@ what the file is); the deletes of the Files it retires come after the lock is re
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -48,7 +47,7 @@ import cachetools
 from mfusepy import Operations, fuse_get_context
 
 from gemfs import mime, procinfo, sidecar, tempnames
-from gemfs.cache import hex_from_api
+from gemfs.cache import hex_from_api, sha256_of_fd
 from gemfs.catalog import Catalog, DirNode, FileNode, Path, display_name, display_name_for, split_path
 from gemfs.errors import GemfsError, fuse_op
 from gemfs.fuse_plus import FUSE_CAP_READDIRPLUS_AUTO
@@ -1135,10 +1134,7 @@ class GemFS(Operations):
         Looking at once matters for an overwrite: the File it replaces is not retired when the
         upload fails, so a File made despite the failure would stand beside it under one name
         until some later upload of that name settled it."""
-        digest = hashlib.sha256()
-        for offset in range(0, size, IO_BLOCK * 8):
-            digest.update(os.pread(fd, min(IO_BLOCK * 8, size - offset), offset))
-        sha256_hex = digest.hexdigest()
+        sha256_hex = sha256_of_fd(fd, size)
         started = self._clock()
         made = self._find_made(display, size, sha256_hex, replaces)
         if made is not None:
