@@ -57,8 +57,11 @@ serve: setup
 	$(GEMFS) serve
 
 # --durations=10: the ten slowest tests, so a test that grows slow is seen in every run.
+# Without PYTHONDONTWRITEBYTECODE (some shells and CI images set it): with it, pytest rewrites
+# the asserts of every test module again in every worker (~5 s of CPU each), and each exec'd
+# gemfs compiles its modules again; the caches go to __pycache__, which git ignores.
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
 
 test-long: setup
 	$(PY) -m pytest -m long $(PYTEST_ARGS)

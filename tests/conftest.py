@@ -4,6 +4,7 @@ workers."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +59,35 @@ def client_a(server: ServerProcess):
 @pytest.fixture
 def client_b(server: ServerProcess):
     return server.client(KEY_B)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected: the batches count what runs
+def pytest_collection_modifyitems(config, items: list) -> None:
+    """Tests marked `heavy(seconds)` start first, at the head of pytest-xdist workers' first
+    batches: a test of tens of seconds that a worker reaches late keeps the run going long after
+    the others are done. xdist's `load` scheduler hands each of its N workers a first batch of
+    len(items) // N // 4 consecutive tests, then more as they finish. The heavy tests go to the
+    heads of those batches, longest first, each to the batch with the fewest heavy seconds so
+    far (`seconds`: a rough figure on the busy 2-core machine, for this ordering only). Without
+    xdist nothing moves. Every worker computes the same order, as xdist requires."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    heavy = [item for item in items if item.get_closest_marker("heavy")]
+    if workers < 2 or not heavy:
+        return
+    rest = [item for item in items if not item.get_closest_marker("heavy")]
+    heads: list[list] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for item in sorted(heavy, key=lambda i: -i.get_closest_marker("heavy").args[0]):
+        slot = load.index(min(load))
+        heads[slot].append(item)
+        load[slot] += item.get_closest_marker("heavy").args[0]
+    batch = max(len(items) // workers // 4, 2)
+    ordered: list = []
+    for head in heads:
+        take = max(batch - len(head), 0)
+        ordered += head + rest[:take]
+        rest = rest[take:]
+    items[:] = ordered + rest
 
 
 def pytest_sessionfinish(session) -> None:

@@ -65,6 +65,7 @@ def row_starting(result, case, prefix):
     return found[0]
 
 
+@pytest.mark.heavy(50)  # it runs `bench.run --quick` (the module fixture) for the others
 def test_every_case_has_numeric_medians_and_a_verdict(result):
     assert set(result["cases"]) == set(CASES)
     for case in CASES:

@@ -563,6 +563,7 @@ LONG = settings(FAST, max_examples=2000, stateful_step_count=40)
 SLOW_OK = pytest.mark.timeout(600)
 
 
+@pytest.mark.heavy(45)
 @SLOW_OK
 def test_model():
     run_state_machine_as_test(FsMachine, settings=FAST)

@@ -166,6 +166,7 @@ def _random_requests(server: ServerProcess, examples: int) -> None:
     assert server.proc.poll() is None
 
 
+@pytest.mark.heavy(25)
 @pytest.mark.timeout(600)  # a budget of requests, not of time (a busy machine is slower)
 def test_random_requests_never_5xx(fuzz_server):
     _random_requests(fuzz_server, 1000)
@@ -516,6 +517,7 @@ def _run_machines(server: ServerProcess, examples: int, steps: int) -> None:
           f"{figures['files']} Files in {figures['projects']} projects checked after a restart")
 
 
+@pytest.mark.heavy(35)
 @pytest.mark.timeout(600)  # a budget of machines, not of time (a busy machine is slower)
 def test_upload_state_machine_keeps_the_store_consistent(fuzz_server):
     _run_machines(fuzz_server, examples=100, steps=40)

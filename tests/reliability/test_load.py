@@ -166,6 +166,7 @@ def run_load(root, server, sdk, *, seconds: float, max_size: int, big_every: int
         delete_all(sdk)  # the long run writes gigabytes; pytest keeps its tmp_path around
 
 
+@pytest.mark.heavy(18)
 def test_load_8_writers_4_listers(tmp_path, shared_server, sdk):
     run_load(tmp_path, shared_server, sdk, seconds=12, max_size=2 * MiB, big_every=0)
 
