@@ -87,6 +87,12 @@ def wait_for(
         time.sleep(interval)
 
 
+def delete_all(sdk) -> None:
+    """Deletes every File of the SDK client's project."""
+    for f in list(sdk.files.list(config={"page_size": 100})):
+        sdk.files.delete(name=f.name)
+
+
 class AdminClient:
     """The server's /_gemfs/admin/ API (needs `--admin`)."""
 

@@ -1,7 +1,8 @@
 """Real mounts for the tests: `gemfs mount` as a subprocess against a `gemfs serve` subprocess.
 
 Each mount gets its own mount point, staging, state and log directories under tmp_path, and is
-unmounted in a finally, whatever the test did.
+unmounted in a finally, whatever the test did. The server is one per module (per xdist worker),
+handed to each test as a fresh one looks: no Files, no faults, zeroed request counts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 from tests.helpers import (  # noqa: F401 (re-exported for the tests)
     MountProcess,
     ServerProcess,
+    delete_all,
     gemfs_cmd,
     in_mount_table,
     isolated_env,
@@ -25,10 +27,25 @@ OTHER_KEY = "key-b"
 Mount = MountProcess
 
 
-@pytest.fixture
-def gemfs_server(tmp_path):
-    with ServerProcess(tmp_path / "server-data", keys=[KEY, OTHER_KEY]) as server:
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One `gemfs serve --admin` (keys KEY and OTHER_KEY) for a module's tests: starting one per
+    test cost more than most tests' own work. Tests take it through `gemfs_server`."""
+    with ServerProcess(tmp_path_factory.mktemp("server") / "server-data",
+                       keys=[KEY, OTHER_KEY]) as server:
         yield server
+
+
+@pytest.fixture
+def gemfs_server(module_server):
+    """The module's server as a new one looks to a test: no Files in either project, no fault
+    rules, zeroed request counts. The previous test's mounts are unmounted by then (fixture
+    teardown), so nothing of theirs is still talking to it."""
+    module_server.admin.clear_faults()
+    for key in (KEY, OTHER_KEY):
+        delete_all(module_server.client(key))
+    module_server.admin.reset_stats()
+    return module_server
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess, wait_for  # noqa: F401 (re-exported)
+from tests.helpers import ServerProcess, delete_all, wait_for  # noqa: F401 (re-exported)
 from tests.mount.conftest import KEY, OTHER_KEY, Mount, in_mount_table  # noqa: F401
 
 from tests.tally import TALLY  # noqa: F401 (re-exported)
@@ -82,11 +82,6 @@ def shared_server(rel_root):
     """One server for a module's tests (faults and stats are reset by each test)."""
     with ServerProcess(rel_root / "server-data", keys=[KEY, OTHER_KEY]) as server:
         yield server
-
-
-def delete_all(sdk) -> None:
-    for f in list(sdk.files.list(config={"page_size": 100})):
-        sdk.files.delete(name=f.name)
 
 
 def clean(server, sdk) -> None:
