@@ -16,13 +16,18 @@ from pathlib import Path
 import pytest
 
 from gemfs import registry
+from tests import launcher
 from tests.helpers import REPO_ROOT
 from tests.mount.conftest import Mount, gemfs_cmd, in_mount_table, isolated_env, wait_for
 
 
 def run_gemfs(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(gemfs_cmd(*args), env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT)
+    """`gemfs ARGS` with `env` (an `isolated_env`), forked from the warm interpreter as the
+    tests' other commands are (tests/launcher.py): an exec's start costs ~1.5 s of CPU, and what
+    these tests read is the CLI's output, the same either way. The foreground mount and the
+    terminal `gemfs wait` below stay real processes."""
+    return launcher.run(list(args), env=env, timeout=timeout,
+                        scratch=Path(env["XDG_STATE_HOME"]).parent / "cli")
 
 
 def test_foreground_mount_notifies_systemd_and_says_no_libfuse_warning(tmp_path):
