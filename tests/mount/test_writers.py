@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 from gemfs.registry import pid_alive
-from tests.mount.conftest import Mount, gemfs_cmd, in_mount_table, wait_for
+from tests.mount.conftest import Mount, in_mount_table, wait_for
 from tests.mount.test_copy import assert_uploaded, remote_files
 from tests.reliability.conftest import daemon_pid
 
@@ -87,7 +87,7 @@ def test_a_held_temp_file_survives_a_killed_daemon(tmp_path, gemfs_server, sdk):
     pid = daemon_pid(m)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(pid), timeout=10)
-    subprocess.run(gemfs_cmd("unmount", str(m.path)), env=m.env, capture_output=True, timeout=60)
+    m.gemfs("unmount", str(m.path), timeout=60)
     assert not in_mount_table(m.path)
     again = Mount(tmp_path, gemfs_server).start()  # the same state directory
     try:

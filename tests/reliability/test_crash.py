@@ -16,7 +16,6 @@ import time
 import pytest
 
 from gemfs.registry import pid_alive
-from tests.mount.conftest import gemfs_cmd
 from tests.reliability.conftest import (
     CHUNK,
     KEY,
@@ -81,8 +80,7 @@ def kill_during_uploads(tmp_path, server, sdk, sizes: list[int], holds: list[dic
 
         # The dead mount: `gemfs unmount` takes it down and the directory is usable again.
         assert in_mount_table(m.path)
-        proc = subprocess.run(gemfs_cmd("unmount", str(m.path)), env=m.env, capture_output=True,
-                              text=True, timeout=60)
+        proc = m.gemfs("unmount", str(m.path), timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert not in_mount_table(m.path)
         assert os.listdir(m.path) == []

@@ -17,7 +17,8 @@ import subprocess
 import pytest
 from google.genai import errors as genai_errors
 
-from tests.mount.conftest import gemfs_cmd, isolated_env
+from tests import launcher
+from tests.mount.conftest import isolated_env
 from tests.reliability.conftest import (
     KEY,
     TALLY,
@@ -324,16 +325,14 @@ def test_a_bad_key_is_refused_in_one_line_that_does_not_repeat_it(rel_root, shar
     bad_key = "BAD-KEY-" + secrets.token_urlsafe(24)
     m = Mount(rel_root, shared_server, key=bad_key, name="badkey", extra=("--debug",))
     runs = []
-    proc = subprocess.run(gemfs_cmd("mount", str(m.path), *m.args), env=m.env,
-                          capture_output=True, text=True, timeout=60)
-    runs.append(proc)
+    runs.append(m.gemfs("mount", str(m.path), *m.args, timeout=60))
     # The same key from the environment, the SDK's convention.
     env = {**isolated_env(rel_root), "GEMINI_API_KEY": bad_key}
     args = [a for a in m.args]
     i = args.index("--api-key-file")
     del args[i:i + 2]
-    runs.append(subprocess.run(gemfs_cmd("mount", str(m.path), *args), env=env,
-                               capture_output=True, text=True, timeout=60))
+    runs.append(launcher.run(["mount", str(m.path), *args], env=env, timeout=60,
+                             scratch=rel_root / "badkey-cli"))
     for proc in runs:
         assert proc.returncode == 1
         assert proc.stdout == ""
