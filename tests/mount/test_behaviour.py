@@ -11,8 +11,9 @@ import subprocess
 
 import pytest
 
+from tests import launcher
 from tests.helpers import ServerProcess
-from tests.mount.conftest import KEY, Mount, gemfs_cmd, in_mount_table, wait_for
+from tests.mount.conftest import KEY, Mount, in_mount_table, wait_for
 from tests.mount.test_copy import assert_uploaded, remote_files, shlex
 
 
@@ -235,10 +236,12 @@ def test_status_shows_the_mount(mount, tmp_path):
 def test_sigterm_with_upload_in_flight(tmp_path, gemfs_server, admin, sdk):
     m = Mount(tmp_path, gemfs_server)
     admin.set_faults({"op": "upload_finalize", "action": "stall", "seconds": 2, "times": 1})
-    daemon = subprocess.Popen(gemfs_cmd("mount", "-f", str(m.path), *m.args), env=m.env,
-                              stderr=subprocess.PIPE, text=True)
+    # Forked from the warm interpreter like the other mounts (tests/launcher.py); the wait is
+    # only a hang guard, as long as MountProcess gives `gemfs mount`.
+    daemon = launcher.spawn(["mount", "-f", str(m.path), *m.args], env=m.env,
+                            stdout=tmp_path / "daemon.out", stderr=tmp_path / "daemon.err")
     try:
-        wait_for(lambda: in_mount_table(m.path), what="mount")
+        wait_for(lambda: in_mount_table(m.path), timeout=m.mount_timeout, what="mount")
         (tmp_path / "late.bin").write_bytes(b"z" * 100_000)
         cp = subprocess.Popen(["cp", str(tmp_path / "late.bin"), str(m.path / "late.bin")])
         wait_for(lambda: admin.stats()["upload_start"] >= 1, what="upload to start")
