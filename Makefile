@@ -8,6 +8,10 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`: most tests wait on a mount, a server or the kernel, so
 # more workers than the CI machine's 2 cores still shorten the run.
 TEST_WORKERS ?= 4
+# At most this many consecutive tests handed to a worker at once: xdist's default hands out up to
+# an eighth of what is left in one go, and a worker that drew a run of slow fault tests late
+# finished ~45 s after the others (xdist then gives a worker busy with slow tests no more).
+TEST_CHUNK ?= 8
 
 .PHONY: setup system-deps gui-deps mount unmount serve test test-long test-gui bench clean
 
@@ -69,7 +73,8 @@ TEST_TMPDIR ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || ec
 # gemfs compiles its modules again; the caches go to __pycache__, which git ignores.
 test: setup
 	env -u PYTHONDONTWRITEBYTECODE TMPDIR=$(TEST_TMPDIR) \
-	  $(PY) -m pytest -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
+	  $(PY) -m pytest -n $(TEST_WORKERS) --maxschedchunk=$(TEST_CHUNK) --durations=10 \
+	  $(PYTEST_ARGS)
 
 test-long: setup
 	$(PY) -m pytest -m long $(PYTEST_ARGS)

@@ -66,7 +66,8 @@ def pytest_collection_modifyitems(config, items: list) -> None:
     """Tests marked `heavy(seconds)` start first, at the head of pytest-xdist workers' first
     batches: a test of tens of seconds that a worker reaches late keeps the run going long after
     the others are done. xdist's `load` scheduler hands each of its N workers a first batch of
-    len(items) // N // 4 consecutive tests, then more as they finish. The heavy tests go to the
+    len(items) // N // 4 consecutive tests (at most --maxschedchunk, at least 2), then more as
+    they finish. The heavy tests go to the
     heads of those batches, longest first, each to the batch with the fewest heavy seconds so
     far (`seconds`: a rough figure on the busy 2-core machine, for this ordering only). Without
     xdist nothing moves. Every worker computes the same order, as xdist requires."""
@@ -81,7 +82,8 @@ def pytest_collection_modifyitems(config, items: list) -> None:
         slot = load.index(min(load))
         heads[slot].append(item)
         load[slot] += item.get_closest_marker("heavy").args[0]
-    batch = max(len(items) // workers // 4, 2)
+    chunk = config.getoption("maxschedchunk", None) or len(items)  # xdist's own arithmetic
+    batch = max(min(len(items) // workers // 4, chunk), 2)
     ordered: list = []
     for head in heads:
         take = max(batch - len(head), 0)
