@@ -6,8 +6,9 @@ GEMFS   := $(VENV)/bin/gemfs
 MNT     ?= $(HOME)/gemini
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`: most tests wait on a mount, a server or the kernel, so
-# more workers than the CI machine's 2 cores still shorten the run.
-TEST_WORKERS ?= 4
+# more workers than the CI machine's 2 cores still shorten the run (idle, back to back: 5
+# workers 131 s and 134 s, 4 workers 137 s and 140 s; 8 were slower, on an earlier commit).
+TEST_WORKERS ?= 5
 # At most this many consecutive tests handed to a worker at once: xdist's default hands out up to
 # an eighth of what is left in one go, and a worker that drew a run of slow fault tests late
 # finished ~45 s after the others (xdist then gives a worker busy with slow tests no more).
