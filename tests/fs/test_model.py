@@ -575,6 +575,7 @@ def test_model_long():
     run_state_machine_as_test(FsMachine, settings=LONG)
 
 
+@pytest.mark.heavy(20)
 @SLOW_OK
 def test_model_with_lost_answers():
     run_state_machine_as_test(LostAnswerMachine,
