@@ -221,17 +221,23 @@ def test_over_max_file_size(server_factory) -> None:
         assert r.status_code == 200 and r.json()["file"]["sizeBytes"] == "1000"
 
 
+def send_unannounced(http, url: str):
+    """1400 bytes at offset 0 in a chunked request, which does not say its size."""
+    r = http.post(
+        url,
+        headers={"X-Goog-Upload-Command": "upload", "X-Goog-Upload-Offset": "0"},
+        content=iter([b"x" * 700, b"x" * 700]),
+    )
+    assert "content-length" not in r.request.headers
+    return r
+
+
 def test_over_max_file_size_without_content_length(server_factory) -> None:
     """A chunked request does not say its size: the limit stops it as the bytes arrive."""
     srv = server_factory(args=["--max-file-size", "1000"])
     with srv.http() as http:
         url = unsized_url(http)
-        r = http.post(
-            url,
-            headers={"X-Goog-Upload-Command": "upload", "X-Goog-Upload-Offset": "0"},
-            content=iter([b"x" * 700, b"x" * 700]),
-        )
-        assert "content-length" not in r.request.headers
+        r = send_unannounced(http, url)
         _assert_too_large(r, 1400, 1000)
         assert upload_command(http, url, "query").status_code == 404
         assert usage(srv) == 0
@@ -285,11 +291,7 @@ def test_over_quota_without_content_length(server_factory) -> None:
     srv = server_factory(args=["--project-quota", "1000"])
     with srv.http() as http:
         url = unsized_url(http)
-        r = http.post(
-            url,
-            headers={"X-Goog-Upload-Command": "upload", "X-Goog-Upload-Offset": "0"},
-            content=iter([b"x" * 700, b"x" * 700]),
-        )
+        r = send_unannounced(http, url)
         _assert_quota(r)
         assert usage(srv) == 0
 
