@@ -6,6 +6,9 @@ Where bytes go (docs/SEMANTICS.md):
 - create/open-for-write stage the file on local disk (`Pending`); the close of its last writer
   (`flush`) uploads it synchronously and returns the upload's errno, so `cp` fails when the
   upload failed; `fsync` uploads too, at once;
+- a file written under its own name that reaches `stream_from` bytes starts its upload while
+  it is written (`streaming.Streamer`); its close finalizes that upload, a rewrite of what it
+  sent, a rename or an unlink cancels it;
 - `release` never uploads (the kernel drops its result): it hands the uploaded bytes to the
   local content cache, so this machine can read its own Files back, or frees them;
 - temp names of rsync, GIO and mktemp are held at close and uploaded once, under the final
@@ -20,12 +23,14 @@ Locks, in the order they are taken (a lock never waits for one above it):
 2. `GemFS._lock`, the mount's tables: `_pending`, `_handles`, `_uploads`, `_hidden`,
    `_draining`, and the fields marked "mount lock". Held for dictionary work only: no I/O, no
    network, never while waiting for a `Pending.lock`.
-3. Leaf locks, each guarding its own object and taken last: `StagingArea._lock` (it calls the
+3. Leaf locks, each guarding its own object and taken last: a `Streamer`'s stream lock (taken
+   under the file lock by writes, alone by its thread, which never takes 1 or 2; the close
+   joins that thread under the file lock), `StagingArea._lock` (it calls the
    quota callback, which takes `Catalog._lock`, so staging before catalog), `Catalog._lock`,
    the content cache's and the state store's locks, `_fresh_lock`.
 
 No network call is made under 2 or 3. The only network calls under a `Pending.lock` are that
-file's own upload and, when it failed with its answers lost, the one listing of the newest Files
+file's own upload (the end of its stream, or all of it) and, when it failed with its answers lost, the one listing of the newest Files
 that looks for the File it may have made (`_doubt`, at most LOOKUP_DEADLINE: its outcome decides
 what the file is); the deletes of the Files it retires come after the lock is released.
 """
