@@ -517,6 +517,8 @@ def unmount(mountpoint: str, timeout: float = 600.0) -> int:
         said = False
         while registry.pid_alive(pid) and time.monotonic() < deadline:
             uploads = ((registry.read(absolute) or {}).get("status") or {}).get("uploads") or []
+            # A file still being written is not closed: the unmount cancels its stream.
+            uploads = [u for u in uploads if not u.get("writing")]
             if uploads and not said:
                 print(f"gemfs: waiting for {len(uploads)} upload(s) to finish", file=sys.stderr)
                 said = True
