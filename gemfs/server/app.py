@@ -245,10 +245,9 @@ class FilesApi(Plumbing):
                 length = await discard_body(request)
                 if _is_resend(session, offset, length):
                     return _progress(session)
-                await run_sync(self.store.end_session, session)
-                raise errors.invalid_argument(
+                raise await self._ended(session, errors.invalid_argument(
                     wire.MSG_OFFSET_MISMATCH.format(offset=offset, received=session.received)
-                ).upload_final()
+                ))
             if "upload" in commands:
                 session = await self._receive_chunk(request, session, offset)
             else:
@@ -256,17 +255,15 @@ class FilesApi(Plumbing):
             if "finalize" not in commands:
                 return _progress(session)
             if session.sized and session.received != session.declared:
-                await run_sync(self.store.end_session, session)
-                raise errors.invalid_argument(
+                raise await self._ended(session, errors.invalid_argument(
                     wire.MSG_SIZE_MISMATCH.format(
                         received=session.received, declared=session.declared
                     )
-                ).upload_final()
+                ))
             try:
                 rec = await run_sync(self.store.finalize_upload, session)
             except (FileTooLarge, QuotaExceeded) as exc:  # only for a session of unknown size
-                await run_sync(self.store.end_session, session)
-                raise errors.from_store(exc).upload_final() from None
+                raise await self._ended(session, errors.from_store(exc)) from None
             log.debug("upload finalized: files/%s, %d bytes", rec.id, rec.size_bytes)
             return _final(self.render(rec), rec.size_bytes)
 
@@ -275,6 +272,12 @@ class FilesApi(Plumbing):
         `X-Goog-Upload-Status: final` tells the client; a finalized one keeps answering."""
         if not session.finalized:
             await run_sync(self.store.end_session, session)
+
+    async def _ended(self, session: UploadSession, error: ApiError) -> ApiError:
+        """`error`, made terminal, with the open session it ends (`_end_unless_final`): the
+        caller raises it."""
+        await self._end_unless_final(session)
+        return error.upload_final()
 
     async def _receive_chunk(
         self, request: Request, session: UploadSession, offset: int
@@ -285,19 +288,18 @@ class FilesApi(Plumbing):
             writer = await run_sync(self.store.begin_chunk, session, _content_length(request))
         except (FileTooLarge, QuotaExceeded) as exc:
             await discard_body(request)
-            await run_sync(self.store.end_session, session)
-            raise errors.from_store(exc).upload_final() from None
+            raise await self._ended(session, errors.from_store(exc)) from None
         try:
             await self.pump_body(request, writer.write)
         except (Overflow, FileTooLarge, QuotaExceeded) as exc:
             writer.discard()
             await discard_body(request)
-            await run_sync(self.store.end_session, session)
-            if isinstance(exc, Overflow):
-                raise errors.invalid_argument(
-                    wire.MSG_TOO_MANY_BYTES.format(declared=session.declared)
-                ).upload_final() from None
-            raise errors.from_store(exc).upload_final() from None
+            error = (
+                errors.invalid_argument(wire.MSG_TOO_MANY_BYTES.format(declared=session.declared))
+                if isinstance(exc, Overflow)
+                else errors.from_store(exc)
+            )
+            raise await self._ended(session, error) from None
         except BaseException:
             # Client gone, task cancelled or disk error: the session stays as before this chunk.
             # Inline rather than in a thread so that it also runs under cancellation; it only
@@ -307,8 +309,7 @@ class FilesApi(Plumbing):
         try:
             return await run_sync(writer.commit, offset)
         except QuotaExceeded as exc:  # other sessions of the project grew meanwhile
-            await run_sync(self.store.end_session, session)
-            raise errors.from_store(exc).upload_final() from None
+            raise await self._ended(session, errors.from_store(exc)) from None
 
     async def _after_final(
         self, request: Request, session: UploadSession, offset: int, commands: set[str]
