@@ -47,8 +47,13 @@ def test_send_stops_when_told(remote, faults, staged):
     stream = remote.stream(fd, "stopped.bin", MIME)
     stream.start()
     asked = []
-    stream.send(5 * CHUNK, lambda: len(asked) >= 2 or asked.append(1) is not None)
-    assert stream.sent == 2 * CHUNK
+
+    def stop_after_two() -> bool:  # asked before each chunk
+        asked.append(1)
+        return len(asked) > 2
+
+    stream.send(5 * CHUNK, stop_after_two)
+    assert stream.sent == 2 * CHUNK and len(asked) == 3
     assert stream.finish(len(data)).record.api["sha256Hash"] == b64_hex(data)
 
 
