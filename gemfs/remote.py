@@ -23,7 +23,9 @@ ours as callbacks: no shorter, one more dependency.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +57,21 @@ _FIELD_ORDER = [
 # The SDK talks through httpx2 (a fork of httpx, with its own exception classes), the upload
 # client through httpx: a reset or timeout of either is a transport failure.
 _TRANSPORT_ERRORS = (ConnectionError, TimeoutError, httpx.HTTPError, httpx2.HTTPError)
+
+
+def tls_context(base_url: str) -> ssl.SSLContext:
+    """The one TLS context of a Remote's clients: the SDK's (httpx2, aiohttp, websockets) and the
+    upload client. Left to themselves each builds its own from the CA bundle: four at every mount
+    start, ~0.3 s of CPU. An https URL gets the trust the SDK would give it (SSL_CERT_FILE and
+    SSL_CERT_DIR when set, else httpx2's default, the system's store). A plain-http URL (a local
+    server) makes no TLS connection, so it gets a context that trusts nothing: should one be made
+    after all, it fails closed."""
+    if not base_url.lower().startswith("https:"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, with no CA: fails closed
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None,
+                                          capath=os.environ.get("SSL_CERT_DIR") or None)
+    return httpx2.create_ssl_context()
 
 
 def api_json(file: types.File) -> dict:
@@ -110,11 +127,15 @@ class Remote:
         transport: httpx.BaseTransport | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
-        options = types.HttpOptions(timeout=int(request_timeout * 1000))
+        self.base_url = base_url or "https://generativelanguage.googleapis.com/"
+        tls = tls_context(self.base_url)
+        # `ssl` is how the SDK's aiohttp and websocket clients take it; httpx2 drops that key.
+        options = types.HttpOptions(timeout=int(request_timeout * 1000),
+                                    client_args={"verify": tls},
+                                    async_client_args={"verify": tls, "ssl": tls})
         if base_url:
             options.base_url = base_url
         self._client = genai.Client(api_key=api_key, http_options=options)
-        self.base_url = base_url or "https://generativelanguage.googleapis.com/"
         self.deadline = deadline
         self.calls = 0  # guarded by _lock: API calls made, for `gemfs status`
         self._lock = threading.Lock()
@@ -128,7 +149,7 @@ class Remote:
         start_url = f"{root}/upload/{version}/files" if version else f"{root}/upload/files"
         headers = dict(getattr(sdk_options, "headers", None) or {})
         headers.setdefault("x-goog-api-key", api_key.strip())
-        self._http = httpx.Client(timeout=request_timeout, transport=transport)
+        self._http = httpx.Client(timeout=request_timeout, transport=transport, verify=tls)
         self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gemfs-sha256")
         self.uploader = Uploader(
             self._http, start_url, headers, deadline=deadline,

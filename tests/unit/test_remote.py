@@ -5,6 +5,7 @@ delete whose answer was lost counts as done."""
 from __future__ import annotations
 
 import errno
+import ssl
 
 import httpx2
 import pytest
@@ -13,7 +14,7 @@ from google.genai import types
 
 from gemfs.errors import GemfsError
 from gemfs.remote import Remote
-from tests.helpers import FakeTime
+from tests.helpers import FakeTime, _create_default_context
 
 
 @pytest.fixture
@@ -199,3 +200,43 @@ def test_every_transport_error_of_a_get_is_retried(remote, fake_time, monkeypatc
     monkeypatch.setattr(remote._client.files, "get", get)
     assert remote.get("abc123").id == "abc123"
     assert len(calls) == 2 and len(fake_time.sleeps) == 1
+
+
+def count_ca_loads(monkeypatch) -> list[str]:
+    """Every CA bundle loaded into an SSLContext from now on (the test's end undoes it)."""
+    loads: list[str] = []
+    for method in ("load_verify_locations", "set_default_verify_paths", "load_default_certs"):
+        def counted(self, *args, _method=method, _real=getattr(ssl.SSLContext, method), **kw):
+            loads.append(_method)
+            return _real(self, *args, **kw)
+        monkeypatch.setattr(ssl.SSLContext, method, counted)
+    return loads
+
+
+def _contexts(r: Remote) -> list:
+    """The TLS context each of the Remote's clients would use: the SDK's httpx2, aiohttp and
+    websocket clients (google-genai 3.6's attributes) and the upload client's pool."""
+    sdk = r._client._api_client
+    return [sdk._httpx_client._transport._pool._ssl_context,
+            sdk._async_client_session_request_args["ssl"],
+            sdk._websocket_ssl_ctx["ssl"],
+            r._http._transport._pool._ssl_context]
+
+
+@pytest.mark.parametrize("url,bundles", [("http://127.0.0.1:9", 0), ("https://example.test", 1)])
+def test_all_clients_share_one_tls_context_built_once(monkeypatch, url, bundles):
+    """Each client building its own context cost four CA-bundle loads (~0.3 s of CPU) at every
+    mount start; a plain-http URL needs none, and its context trusts nothing."""
+    # The test processes share one default context (tests/conftest.py); here, the real one.
+    monkeypatch.setattr(ssl, "create_default_context", _create_default_context)
+    loads = count_ca_loads(monkeypatch)
+    r = Remote("unused-key", url)
+    try:
+        contexts = _contexts(r)
+        assert all(c is contexts[0] for c in contexts), contexts
+        assert len(loads) == bundles, loads
+        assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
+        if bundles == 0:
+            assert contexts[0].get_ca_certs() == [] and contexts[0].cert_store_stats()["x509"] == 0
+    finally:
+        r.close()
