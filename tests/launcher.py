@@ -19,6 +19,7 @@ its end it leaves by `os._exit`, without waiting for non-daemon threads as an in
 from __future__ import annotations
 
 import atexit
+import gc
 import itertools
 import multiprocessing
 import multiprocessing.util  # noqa: F401 (its exit hook is registered before ours)
@@ -79,6 +80,9 @@ def _child(argv: list[str], env: dict, cwd: str, stdout: str, stderr: str,
     """The forked command: the environment, directory, session and file descriptors `subprocess`
     would give it, then the CLI; never returns into multiprocessing (its exit code is the CLI's)."""
     code = 1
+    # The forkserver's preloaded modules are never garbage: frozen, a full collection in the
+    # command does not walk them (nor copy the pages it would touch). ~4% of a mount test's CPU.
+    gc.freeze()
     try:
         if new_session:  # as Popen(start_new_session=True): out of the terminal's Ctrl-C
             os.setsid()
