@@ -131,7 +131,10 @@ def test_staging_disk_full(tmp_path, tmpfs, shared_server, sdk):
         assert "No space left on device" in proc.stderr, proc.stderr
         assert shared_server.admin.stats()["upload_start"] == 0, "a partial upload was started"
         assert sdk_names(sdk) == set()
-        assert "big.bin" not in m.sh("ls").stdout
+        # The kernel sends RELEASE after cp's close() has returned, in the background; until
+        # then the failed file is still an open one and listed as such.
+        wait_for(lambda: "big.bin" not in m.sh("ls").stdout, timeout=30,
+                 what="the failed big.bin gone once its handle is released")
         wait_for(lambda: not staged_parts(tmpfs), timeout=10, what="the staged copy removed")
         TALLY.add(failed_cleanly=1)
         small = random_bytes(300_000)
