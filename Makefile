@@ -5,10 +5,11 @@ PY      := $(VENV)/bin/python
 GEMFS   := $(VENV)/bin/gemfs
 MNT     ?= $(HOME)/gemini
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test`: most tests wait on a mount, a server or the kernel, so
-# more workers than the CI machine's 2 cores still shorten the run (idle, back to back: 5
-# workers 131 s and 134 s, 4 workers 137 s and 140 s; 8 were slower, on an earlier commit).
-TEST_WORKERS ?= 5
+# pytest-xdist workers for `make test`: many tests wait on a mount, a server or the kernel, so
+# more workers than the CI machine's 2 cores keep both busy; each costs its collection and its
+# forkserver (~5 s of CPU). Idle, back to back, with the forkserver preloading uvicorn and httpcore: 5 workers 115.4 s, 6 115.8 s,
+# 7 103.8 s, 8 106.6 s.
+TEST_WORKERS ?= 7
 # At most this many consecutive tests handed to a worker at once: xdist's default hands out up to
 # an eighth of what is left in one go, and a worker that drew a run of slow fault tests late
 # finished ~45 s after the others (xdist then gives a worker busy with slow tests no more).
