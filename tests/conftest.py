@@ -114,9 +114,19 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 
+def pytest_configure(config) -> None:
+    """No garbage collection while the test modules are imported, in a process that collects
+    them (an xdist worker, or a run without xdist; not xdist's controller, which collects
+    nothing): imports make long-lived objects only, which the collector would walk again at
+    each run (~0.3 s of CPU per worker). pytest_collection_finish enables it again."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        gc.disable()
+
+
 def pytest_collection_finish(session) -> None:
     """Collection imported google-genai, hypothesis and the test modules: a heap of long-lived
     objects that every full garbage collection then walked again, ~15% of the CPU of the
     allocation-heavy hypothesis tests (tests/fs/test_model.py with tests/unit/test_catalog.py:
     33.7 -> 28.6 CPU-s). Frozen, the collector skips them; nothing frozen is garbage."""
     gc.freeze()
+    gc.enable()
