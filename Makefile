@@ -73,10 +73,9 @@ TEST_TMPDIR ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || ec
 # Without PYTHONDONTWRITEBYTECODE (some shells and CI images set it): with it, pytest rewrites
 # the asserts of every test module again in every worker (~5 s of CPU each), and each exec'd
 # gemfs compiles its modules again; the caches go to __pycache__, which git ignores.
-# pytest rewrites the asserts of the tests and of every module of its plugins' distributions
-# (hypothesis, anyio, xdist: ~130 modules) and caches the result beside them. On a fresh venv
-# every xdist worker did all of that at once, ~6 s of CPU each (a clean clone's `make test`:
-# 7 workers 141.7 s, the same run warm 107 s). One collection first writes the caches.
+# pytest rewrites the asserts of the test modules and caches the result beside them; in a fresh
+# clone every xdist worker did all of it at once, ~3.4 s of CPU each. One collection first
+# writes the caches (the plugins' own modules are not rewritten: pyproject.toml's addopts).
 $(VENV)/.pytest-warm: $(VENV)/.installed
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest --collect-only -q -p no:cacheprovider >/dev/null
 	touch $@
