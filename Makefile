@@ -73,11 +73,15 @@ TEST_TMPDIR ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || ec
 # Without PYTHONDONTWRITEBYTECODE (some shells and CI images set it): with it, pytest rewrites
 # the asserts of every test module again in every worker (~5 s of CPU each), and each exec'd
 # gemfs compiles its modules again; the caches go to __pycache__, which git ignores.
-# pytest rewrites the asserts of the test modules and caches the result beside them; in a fresh
-# clone every xdist worker did all of it at once, ~3.4 s of CPU each. One collection first
-# writes the caches (the plugins' own modules are not rewritten: pyproject.toml's addopts).
+# pytest rewrites the asserts of the test modules and caches the result beside them, and
+# hypothesis caches the constants it reads out of every local module (.hypothesis/): in a fresh
+# clone every xdist worker did all of it at once, ~5 s of CPU each (7 workers: 124-128 s of
+# tests against 104-106 s run again). One collection, and one hypothesis example
+# (GEMFS_TEST_WARMUP, tests/conftest.py), first writes the caches. (The plugins' own modules are
+# not rewritten: pyproject.toml's addopts.)
 $(VENV)/.pytest-warm: $(VENV)/.installed
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest --collect-only -q -p no:cacheprovider >/dev/null
+	env -u PYTHONDONTWRITEBYTECODE GEMFS_TEST_WARMUP=1 $(PY) -m pytest --collect-only -q \
+	  -p no:cacheprovider >/dev/null
 	touch $@
 
 test: setup $(VENV)/.pytest-warm

@@ -130,3 +130,21 @@ def pytest_collection_finish(session) -> None:
     33.7 -> 28.6 CPU-s). Frozen, the collector skips them; nothing frozen is garbage."""
     gc.freeze()
     gc.enable()
+    if os.environ.get("GEMFS_TEST_WARMUP"):  # make test's collection before the workers start
+        _warm_hypothesis()
+
+
+def _warm_hypothesis() -> None:
+    """Have hypothesis write what it caches under .hypothesis/ at its first example: the
+    constants it reads out of every local module (the AST of gemfs and of the tests) and its
+    Unicode tables. In a fresh clone each xdist worker computed them at once, ~2 s of CPU
+    apiece; after this one example the workers read them."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=1, database=None)
+    @given(st.text())
+    def one(_text: str) -> None:
+        pass
+
+    one()
