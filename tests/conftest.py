@@ -1,6 +1,7 @@
 """Fixtures shared by every test folder (local Files API servers and SDK clients for them), and
-the session hooks that print the reliability tally (tests/tally.py), summed over pytest-xdist's
-workers."""
+the session hooks: the reliability tally (tests/tally.py) summed over pytest-xdist's workers,
+the heavy tests first, and what keeps a worker's CPU down (the garbage collector around
+collection, make test's warm-up of hypothesis's caches)."""
 
 from __future__ import annotations
 
@@ -113,7 +114,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(TALLY.line())
 
 
-
 def pytest_configure(config) -> None:
     """No garbage collection while the test modules are imported, in a process that collects
     them (an xdist worker, or a run without xdist; not xdist's controller, which collects
@@ -127,7 +127,7 @@ def pytest_collection_finish(session) -> None:
     """Collection imported google-genai, hypothesis and the test modules: a heap of long-lived
     objects that every full garbage collection then walked again, ~15% of the CPU of the
     allocation-heavy hypothesis tests (tests/fs/test_model.py with tests/unit/test_catalog.py:
-    33.7 -> 28.6 CPU-s). Frozen, the collector skips them; nothing frozen is garbage."""
+    33.7 -> 28.6 CPU-s). Frozen, the collector skips them (they live as long as the worker)."""
     gc.freeze()
     gc.enable()
     if os.environ.get("GEMFS_TEST_WARMUP"):  # make test's collection before the workers start
@@ -137,7 +137,7 @@ def pytest_collection_finish(session) -> None:
 def _warm_hypothesis() -> None:
     """Have hypothesis write what it caches under .hypothesis/ at its first example: the
     constants it reads out of every local module (the AST of gemfs and of the tests) and its
-    Unicode tables. In a fresh clone each xdist worker computed them at once, ~2 s of CPU
+    Unicode tables. In a fresh clone each xdist worker computed them at once, ~3.5 s of CPU
     apiece; after this one example the workers read them."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
