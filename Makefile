@@ -79,10 +79,12 @@ TEST_TMPDIR ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || ec
 # tests against 104-106 s run again). One collection, and one hypothesis example
 # (GEMFS_TEST_WARMUP, tests/conftest.py), first writes the caches. (The plugins' own modules are
 # not rewritten: pyproject.toml's addopts.)
+# It only saves time: if it fails (a test module that does not import), the run below says why.
 $(VENV)/.pytest-warm: $(VENV)/.installed
-	env -u PYTHONDONTWRITEBYTECODE GEMFS_TEST_WARMUP=1 $(PY) -m pytest --collect-only -q \
-	  -p no:cacheprovider >/dev/null
-	touch $@
+	@echo "warming the test caches (one collection)"
+	@if env -u PYTHONDONTWRITEBYTECODE GEMFS_TEST_WARMUP=1 $(PY) -m pytest --collect-only -q \
+	  -p no:cacheprovider >/dev/null 2>&1; then touch $@; \
+	else echo "the warm-up collection failed; the test run below shows why"; fi
 
 test: setup $(VENV)/.pytest-warm
 	env -u PYTHONDONTWRITEBYTECODE TMPDIR=$(TEST_TMPDIR) \
