@@ -119,7 +119,8 @@ def pytest_configure(config) -> None:
     them (an xdist worker, or a run without xdist; not xdist's controller, which collects
     nothing): imports make long-lived objects only, which the collector would walk again at
     each run (~0.3 s of CPU per worker). pytest_collection_finish enables it again."""
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+    controller = getattr(config.option, "numprocesses", None) or getattr(config.option, "tx", None)
+    if hasattr(config, "workerinput") or not controller:
         gc.disable()
 
 
