@@ -62,10 +62,12 @@ _TRANSPORT_ERRORS = (ConnectionError, TimeoutError, httpx.HTTPError, httpx2.HTTP
 def tls_context(base_url: str) -> ssl.SSLContext:
     """The one TLS context of a Remote's clients: the SDK's (httpx2, aiohttp, websockets) and the
     upload client. Left to themselves each builds its own from the CA bundle: four at every mount
-    start, ~0.3 s of CPU. An https URL gets the trust the SDK would give it (SSL_CERT_FILE and
-    SSL_CERT_DIR when set, else httpx2's default, the system's store). A plain-http URL (a local
-    server) makes no TLS connection, so it gets a context that trusts nothing: should one be made
-    after all, it fails closed."""
+    start, ~0.3 s of CPU. An https URL gets the trust the SDK gives the client gemfs calls it
+    through, httpx2: SSL_CERT_FILE and SSL_CERT_DIR when set, else httpx2's default (the
+    system's store; the SDK's aiohttp and websocket clients, unused here, and httpx's upload
+    client took certifi's bundle, which the upload now shares with list, get and delete). A
+    plain-http URL (a local server) makes no TLS connection, so it gets a context that trusts
+    nothing: an https upload URL such a server handed out would fail closed."""
     if not base_url.lower().startswith("https:"):
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, with no CA: fails closed
     if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
