@@ -26,6 +26,12 @@ class GemfsError(Exception):
         self.errno = err
         self.failure = failure  # the API failure behind it, when there was one
 
+    @classmethod
+    def of(cls, failure: "ApiFailure", *, on_file: bool = False) -> "GemfsError":
+        """What a call that failed for good raises: the errno of the failure's kind (`errno_for`),
+        its words, and the failure itself."""
+        return cls(errno_for(failure, on_file=on_file), str(failure), failure)
+
 
 @dataclass
 class ApiFailure(Exception):

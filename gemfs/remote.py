@@ -190,9 +190,8 @@ class Remote:
                     self._sleep(wait)
                     delay = min(delay * 2, 8.0)
                     continue
-                err = errno_for(failure, on_file=on_file)
                 log.warning("%s failed after %d attempt(s): %s", op, attempt, failure)
-                raise GemfsError(err, str(failure), failure) from exc
+                raise GemfsError.of(failure, on_file=on_file) from exc
 
     def list_page(self, deadline: float | None = None) -> tuple[list[FileRecord], bool]:
         """One page of `files.list` (the key check at mount); True when more pages follow."""

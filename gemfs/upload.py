@@ -30,7 +30,7 @@ from typing import Callable
 
 import httpx
 
-from gemfs.errors import ApiFailure, GemfsError, errno_for, failure_from_answer
+from gemfs.errors import ApiFailure, GemfsError, failure_from_answer
 from gemfs.model import FileRecord
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class _Retry:
             self.delay * (0.5 + random.random()))
         if not failure.retryable or now + pause >= self.end:
             log.warning("upload %s failed after %d failure(s): %s", label, self.failures, failure)
-            raise _error(failure)
+            raise GemfsError.of(failure)
         log.debug("upload %s: %s; retrying in %.2fs", label, failure, pause)
         self.sleep(pause)
         self.delay = min(self.delay * 2, 8.0)
@@ -484,7 +484,7 @@ class UploadStream:
             self._up._start(t)
         except _Fault as fault:
             self._start_failure = fault.failure
-            raise _error(fault.failure) from None
+            raise GemfsError.of(fault.failure) from None
 
     def send(self, upto: int, stop: Callable[[], bool] = lambda: False) -> None:
         """Send the whole chunks that end by `upto` (bytes that will not change any more),
@@ -498,7 +498,7 @@ class UploadStream:
             raise GemfsError(errno.EIO, f"upload {t.label}: the session is gone") from None
         except _Fault as fault:
             self._in_doubt = True
-            raise _error(fault.failure) from None
+            raise GemfsError.of(fault.failure) from None
         except BaseException:
             self._in_doubt = True  # whatever it was, only a query says what the server holds
             raise
@@ -537,11 +537,6 @@ class UploadStream:
             self._up._post(url, {"X-Goog-Upload-Command": "cancel"}, b"", "upload cancel", t.label)
         except _Fault as fault:
             log.debug("upload %s: cancel failed (%s); the session will expire", t.label, fault)
-
-
-def _error(failure: ApiFailure) -> GemfsError:
-    """What a failed request ends an upload with, as Remote's calls do: the errno of its kind."""
-    return GemfsError(errno_for(failure), str(failure), failure)
 
 
 def _file_of(resp: httpx.Response) -> dict | None:
