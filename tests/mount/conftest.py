@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import (  # noqa: F401 (re-exported for the tests)
     MountProcess,
     ServerProcess,
+    as_new,
     delete_all,
     gemfs_cmd,
     in_mount_table,
@@ -41,10 +42,7 @@ def gemfs_server(module_server):
     """The module's server as a new one looks to a test: no Files in either project, no fault
     rules, zeroed request counts. The previous test's mounts are unmounted by then (fixture
     teardown), so nothing of theirs is still talking to it."""
-    module_server.admin.clear_faults()
-    for key in (KEY, OTHER_KEY):
-        delete_all(module_server.client(key))
-    module_server.admin.reset_stats()
+    as_new(module_server, KEY, OTHER_KEY)
     return module_server
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess, delete_all, wait_for  # noqa: F401 (re-exported)
+from tests.helpers import ServerProcess, as_new, delete_all, wait_for  # noqa: F401 (re-exported)
 from tests.mount.conftest import KEY, OTHER_KEY, Mount, in_mount_table  # noqa: F401
 
 from tests.tally import TALLY  # noqa: F401 (re-exported)
@@ -84,18 +84,11 @@ def shared_server(rel_root):
         yield server
 
 
-def clean(server, sdk) -> None:
-    """No faults, no Files, zeroed stats: the start of every test on a shared server."""
-    server.admin.clear_faults()
-    delete_all(sdk)
-    server.admin.reset_stats()
-
-
 @pytest.fixture
 def sdk(shared_server):
     """The project's SDK client; every test starts with no Files, no faults, zeroed stats."""
+    as_new(shared_server, KEY)
     client = shared_server.client(KEY)
-    clean(shared_server, client)
     yield client
     shared_server.admin.clear_faults()
 
