@@ -30,9 +30,10 @@ Locks, in the order they are taken (a lock never waits for one above it):
    the content cache's and the state store's locks, `_fresh_lock`.
 
 No network call is made under 2 or 3. The only network calls under a `Pending.lock` are that
-file's own upload (the end of its stream, or all of it) and, when it failed with its answers lost, the one listing of the newest Files
-that looks for the File it may have made (`_doubt`, at most LOOKUP_DEADLINE: its outcome decides
-what the file is); the deletes of the Files it retires come after the lock is released.
+file's own upload (the end of its stream, or all of it) and, when it failed with its answers
+lost, the one listing of the newest Files that looks for the File it may have made (`_doubt`,
+at most LOOKUP_DEADLINE: its outcome decides what the file is); the deletes of the Files it
+retires come after the lock is released.
 """
 
 from __future__ import annotations
